@@ -1,0 +1,219 @@
+//! Content-defined chunking for vmvault (FORMAT.md section 5).
+//!
+//! Pure functions on buffers: a [`Chunker`] turns one allocated run of disk bytes into
+//! zero extents and data chunks named by keyed BLAKE3. The same bytes, parameters and
+//! keys always give the same cuts, whatever thread calls it; segmenting and parallelism
+//! live in the repository's backup pipeline.
+
+mod params;
+mod zero;
+
+pub use params::{ChunkerParams, ParamsError, MAX_CHUNK};
+pub use zero::is_zero;
+
+use fastcdc::v2020::{cut_gear, select_masks, Normalization};
+
+/// A 32-byte chunk id: `BLAKE3-keyed(id_key, plaintext)`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// Lowercase hexadecimal form, as used in file names and messages.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        }
+        s
+    }
+}
+
+impl std::fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What a run of bytes turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutKind {
+    /// At least `zero_run_min` bytes of zero blocks: never stored.
+    Zero,
+    /// A chunk to be stored (or deduplicated) under this id.
+    Data(ChunkId),
+}
+
+/// One piece of a run: `len` bytes at `start` (relative to the run's first byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Offset of the piece within the buffer passed to [`Chunker::split`].
+    pub start: usize,
+    /// Length in bytes; never 0, and at most `max_size` for data.
+    pub len: usize,
+    /// Zero run or data chunk.
+    pub kind: CutKind,
+}
+
+/// Keyed FastCDC chunker with zero-run detection. Holds key material: it is neither
+/// `Debug` nor `Clone`, and wipes its keys when dropped.
+pub struct Chunker {
+    params: ChunkerParams,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+    masks: (u64, u64, u64, u64),
+    id_key: [u8; 32],
+}
+
+impl Drop for Chunker {
+    fn drop(&mut self) {
+        // Best-effort wipe of key material; the gear table is derived from a key too.
+        self.id_key.iter_mut().for_each(|b| *b = 0);
+        self.gear.iter_mut().for_each(|g| *g = 0);
+        std::hint::black_box(&self.id_key);
+    }
+}
+
+impl Chunker {
+    /// Builds a chunker from validated parameters, the chunker key (gear table) and the
+    /// chunk-id key.
+    pub fn new(params: ChunkerParams, chunker_key: &[u8; 32], id_key: &[u8; 32]) -> Self {
+        let gear = gear_table(chunker_key);
+        let mut gear_ls = Box::new([0u64; 256]);
+        for (ls, g) in gear_ls.iter_mut().zip(gear.iter()) {
+            *ls = g << 1;
+        }
+        let level = match params.normalization {
+            0 => Normalization::Level0,
+            1 => Normalization::Level1,
+            2 => Normalization::Level2,
+            _ => Normalization::Level3,
+        };
+        let (mask_s, mask_l) = select_masks(params.avg_size as usize, level);
+        Chunker {
+            params,
+            gear,
+            gear_ls,
+            masks: (mask_s, mask_l, mask_s << 1, mask_l << 1),
+            id_key: *id_key,
+        }
+    }
+
+    /// The parameters this chunker cuts with.
+    pub fn params(&self) -> &ChunkerParams {
+        &self.params
+    }
+
+    /// Names a chunk: `BLAKE3-keyed(id_key, bytes)`.
+    pub fn chunk_id(&self, bytes: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.id_key, bytes).as_bytes())
+    }
+
+    /// Cuts one allocated run of disk bytes that starts at disk offset `disk_offset`.
+    ///
+    /// Guarantees: the cuts are contiguous, cover `buf` exactly, zero cuts are at least
+    /// `zero_run_min` long and aligned to `zero_block` on the disk, data cuts are at most
+    /// `max_size` long, and the result depends only on `buf`, `disk_offset % zero_block`,
+    /// the parameters and the keys.
+    pub fn split(&self, buf: &[u8], disk_offset: u64, out: &mut Vec<Cut>) {
+        let block = self.params.zero_block as usize;
+        let run_min = self.params.zero_run_min as usize;
+        let mut data_start = 0usize;
+        let mut zero_start: Option<usize> = None;
+        // First block boundary at or after the start, in buffer coordinates.
+        let misalign = (disk_offset % block as u64) as usize;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let block_end = if pos == 0 && misalign != 0 {
+                (block - misalign).min(buf.len())
+            } else {
+                (pos + block).min(buf.len())
+            };
+            let zero = is_zero(&buf[pos..block_end]);
+            match (zero, zero_start) {
+                (true, None) => zero_start = Some(pos),
+                (false, Some(z)) => {
+                    if pos - z >= run_min {
+                        self.cut_data(buf, data_start, z, out);
+                        out.push(Cut {
+                            start: z,
+                            len: pos - z,
+                            kind: CutKind::Zero,
+                        });
+                        data_start = pos;
+                    }
+                    zero_start = None;
+                }
+                _ => {}
+            }
+            pos = block_end;
+        }
+        if let Some(z) = zero_start {
+            if buf.len() - z >= run_min {
+                self.cut_data(buf, data_start, z, out);
+                out.push(Cut {
+                    start: z,
+                    len: buf.len() - z,
+                    kind: CutKind::Zero,
+                });
+                return;
+            }
+        }
+        self.cut_data(buf, data_start, buf.len(), out);
+    }
+
+    /// FastCDC over `buf[from..to]`, appending data cuts.
+    fn cut_data(&self, buf: &[u8], from: usize, to: usize, out: &mut Vec<Cut>) {
+        let p = &self.params;
+        let (mask_s, mask_l, mask_s_ls, mask_l_ls) = self.masks;
+        let mut pos = from;
+        while pos < to {
+            let (_, mut len) = cut_gear(
+                &buf[pos..to],
+                p.min_size as usize,
+                p.avg_size as usize,
+                p.max_size as usize,
+                mask_s,
+                mask_l,
+                mask_s_ls,
+                mask_l_ls,
+                &self.gear[..],
+                &self.gear_ls[..],
+            );
+            if len == 0 {
+                len = to - pos;
+            }
+            let bytes = &buf[pos..pos + len];
+            out.push(Cut {
+                start: pos,
+                len,
+                kind: CutKind::Data(self.chunk_id(bytes)),
+            });
+            pos += len;
+        }
+    }
+}
+
+/// The keyed gear table of FORMAT.md section 5.
+fn gear_table(chunker_key: &[u8; 32]) -> Box<[u64; 256]> {
+    let mut gear = Box::new([0u64; 256]);
+    for (i, g) in gear.iter_mut().enumerate() {
+        let mut h = blake3::Hasher::new_keyed(chunker_key);
+        h.update(b"vmvault v1 gear");
+        h.update(&[i as u8]);
+        let out = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out.as_bytes()[..8]);
+        *g = u64::from_le_bytes(first);
+    }
+    gear
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+use super::*;
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn chunker() -> Chunker {
+    Chunker::new(ChunkerParams::with_avg(128 << 10), &[7u8; 32], &[9u8; 32])
+}
+
+fn check_cover(cuts: &[Cut], len: usize, p: &ChunkerParams) {
+    let mut pos = 0;
+    for c in cuts {
+        assert_eq!(c.start, pos, "cuts must be contiguous");
+        assert!(c.len > 0);
+        match c.kind {
+            CutKind::Data(_) => assert!(c.len <= p.max_size as usize),
+            CutKind::Zero => assert!(c.len >= p.zero_run_min as usize),
+        }
+        pos += c.len;
+    }
+    assert_eq!(pos, len, "cuts must cover the buffer");
+}
+
+#[test]
+fn default_params_are_valid() {
+    ChunkerParams::default_v1().validate().unwrap();
+    for avg in [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20] {
+        ChunkerParams::with_avg(avg).validate().unwrap();
+    }
+}
+
+#[test]
+fn hostile_params_are_refused() {
+    let mut p = ChunkerParams::default_v1();
+    p.max_size = u32::MAX;
+    assert!(p.validate().is_err());
+    let mut p = ChunkerParams::default_v1();
+    p.zero_block = 3000;
+    assert!(p.validate().is_err());
+    let mut p = ChunkerParams::default_v1();
+    p.segment_size = 0;
+    assert!(p.validate().is_err());
+}
+
+#[test]
+fn random_data_is_cut_near_the_average() {
+    let c = chunker();
+    let data = pseudo_random(8 << 20, 1);
+    let mut cuts = Vec::new();
+    c.split(&data, 0, &mut cuts);
+    check_cover(&cuts, data.len(), c.params());
+    let avg = data.len() / cuts.len();
+    assert!((64 << 10..=256 << 10).contains(&avg), "average {avg}");
+}
+
+/// Pins the chunk boundaries for a fixed key: a silent change to the chunker (crate
+/// upgrade, gear derivation, masks) would break deduplication against old snapshots.
+#[test]
+fn boundaries_are_pinned() {
+    let c = chunker();
+    let data = pseudo_random(2 << 20, 42);
+    let mut cuts = Vec::new();
+    c.split(&data, 0, &mut cuts);
+    let lens: Vec<usize> = cuts.iter().map(|c| c.len).collect();
+    assert_eq!(lens, PINNED_LENS, "chunk boundaries changed");
+    let CutKind::Data(first) = cuts[0].kind else {
+        panic!("first cut must be data")
+    };
+    assert_eq!(&first.to_hex()[..16], PINNED_FIRST_ID);
+}
+
+const PINNED_LENS: &[usize] = &[
+    146350, 102753, 120496, 149949, 90922, 217496, 157999, 231697, 52303, 194977, 180868, 214395,
+    198198, 38749,
+];
+const PINNED_FIRST_ID: &str = "e37008083e3b23e4";
+
+#[test]
+fn keys_change_boundaries_and_ids() {
+    let data = pseudo_random(4 << 20, 3);
+    let a = chunker();
+    let b = Chunker::new(ChunkerParams::default_v1(), &[8u8; 32], &[9u8; 32]);
+    let (mut ca, mut cb) = (Vec::new(), Vec::new());
+    a.split(&data, 0, &mut ca);
+    b.split(&data, 0, &mut cb);
+    let la: Vec<usize> = ca.iter().map(|c| c.len).collect();
+    let lb: Vec<usize> = cb.iter().map(|c| c.len).collect();
+    assert_ne!(la, lb, "the chunker key must change the boundaries");
+    let other_id = Chunker::new(ChunkerParams::default_v1(), &[7u8; 32], &[1u8; 32]);
+    assert_ne!(a.chunk_id(b"x"), other_id.chunk_id(b"x"));
+}
+
+#[test]
+fn zero_runs_become_zero_cuts() {
+    let c = chunker();
+    let mut data = pseudo_random(1 << 20, 5);
+    // 128 KiB of zeros at a 4 KiB boundary, and a short 8 KiB zero run that stays data.
+    data[256 << 10..384 << 10].fill(0);
+    data[600 << 10..608 << 10].fill(0);
+    let mut cuts = Vec::new();
+    c.split(&data, 0, &mut cuts);
+    check_cover(&cuts, data.len(), c.params());
+    let zeros: Vec<(usize, usize)> = cuts
+        .iter()
+        .filter(|c| c.kind == CutKind::Zero)
+        .map(|c| (c.start, c.len))
+        .collect();
+    assert_eq!(zeros, vec![(256 << 10, 128 << 10)]);
+}
+
+#[test]
+fn all_zero_buffer_is_one_zero_cut() {
+    let c = chunker();
+    let data = vec![0u8; 4 << 20];
+    let mut cuts = Vec::new();
+    c.split(&data, 0, &mut cuts);
+    assert_eq!(
+        cuts,
+        vec![Cut {
+            start: 0,
+            len: 4 << 20,
+            kind: CutKind::Zero
+        }]
+    );
+}
+
+#[test]
+fn misaligned_runs_align_zero_blocks_to_the_disk() {
+    let c = chunker();
+    let mut data = pseudo_random(512 << 10, 6);
+    // Buffer starts at disk offset 1000; zero blocks are aligned on the disk.
+    let zero_from = 4096 * 20 - 1000;
+    data[zero_from..zero_from + (96 << 10)].fill(0);
+    let mut cuts = Vec::new();
+    c.split(&data, 1000, &mut cuts);
+    check_cover(&cuts, data.len(), c.params());
+    let z: Vec<&Cut> = cuts.iter().filter(|c| c.kind == CutKind::Zero).collect();
+    assert_eq!(z.len(), 1);
+    assert_eq!((z[0].start + 1000) % 4096, 0);
+    assert_eq!(z[0].len, 96 << 10);
+}
+
+#[test]
+fn tiny_and_empty_buffers() {
+    let c = chunker();
+    let mut cuts = Vec::new();
+    c.split(&[], 0, &mut cuts);
+    assert!(cuts.is_empty());
+    c.split(&[1, 2, 3], 0, &mut cuts);
+    assert_eq!(cuts.len(), 1);
+    assert_eq!(cuts[0].len, 3);
+}
+
+#[test]
+fn is_zero_finds_a_single_byte() {
+    let mut b = vec![0u8; 10_000];
+    assert!(is_zero(&b));
+    for i in [0, 255, 256, 9_999] {
+        b[i] = 1;
+        assert!(!is_zero(&b), "byte {i}");
+        b[i] = 0;
+    }
+}
