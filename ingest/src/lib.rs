@@ -1,1 +1,34 @@
-//! placeholder
+//! Disk sources for vmvault.
+//!
+//! A disk source exposes a logical disk as a size, an allocation map (data, zero and
+//! unallocated extents) and reads. Holes and unallocated clusters are reported as such
+//! so the backup pipeline never reads, hashes or stores them. Format parsing stays in
+//! this crate; the repository only sees [`SequentialDisk`].
+
+mod error;
+mod extent;
+mod raw;
+mod sequential;
+mod stream;
+
+pub use error::IngestError;
+pub use extent::{Extent, ExtentKind};
+pub use raw::{block_device_size, RawFile};
+pub use sequential::{Segment, Sequential, SequentialDisk};
+pub use stream::StreamDisk;
+
+/// A logical disk with random access: the interface every image format implements.
+pub trait DiskSource: Send {
+    /// Logical size of the disk in bytes.
+    fn size(&self) -> u64;
+
+    /// The allocation map of `[offset, offset + len)`: extents sorted, contiguous and
+    /// covering the range exactly (clamped to the disk's size).
+    fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>, IngestError>;
+
+    /// Fills `buf` with the bytes at `offset`; fails rather than returning short data.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), IngestError>;
+
+    /// A short name for the format ("raw", "block device", ...), stored in snapshots.
+    fn format_name(&self) -> &'static str;
+}

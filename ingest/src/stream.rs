@@ -1,0 +1,123 @@
+//! A disk read from a stream (standard input): all data, size known only at the end.
+
+use crate::sequential::{Segment, SequentialDisk};
+use crate::{Extent, ExtentKind, IngestError};
+use std::io::{ErrorKind, Read};
+
+/// A disk whose bytes arrive on a stream. Every byte is data (zero runs are still found
+/// by the chunker); the size is whatever the stream delivers.
+pub struct StreamDisk<R: Read + Send> {
+    reader: R,
+    name: String,
+    next: u64,
+    done: bool,
+}
+
+impl<R: Read + Send> StreamDisk<R> {
+    /// Wraps a stream; `name` appears in error messages ("stdin").
+    pub fn new(reader: R, name: &str) -> Self {
+        StreamDisk {
+            reader,
+            name: name.to_string(),
+            next: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read + Send> SequentialDisk for StreamDisk<R> {
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+
+    fn next_segment(
+        &mut self,
+        segment_size: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Segment>, IngestError> {
+        if self.done {
+            return Ok(None);
+        }
+        buf.resize(segment_size, 0);
+        let mut filled = 0;
+        while filled < segment_size {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(IngestError::Read {
+                        what: self.name.clone(),
+                        offset: self.next + filled as u64,
+                        source,
+                    })
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buf.truncate(filled);
+        let offset = self.next;
+        self.next += filled as u64;
+        Ok(Some(Segment {
+            offset,
+            len: filled as u64,
+            extents: vec![Extent {
+                offset,
+                len: filled as u64,
+                kind: ExtentKind::Data,
+            }],
+        }))
+    }
+
+    fn format_name(&self) -> &'static str {
+        "stream"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_is_cut_into_aligned_segments() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut s = StreamDisk::new(&data[..], "test");
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        let mut offsets = Vec::new();
+        while let Some(seg) = s.next_segment(4096, &mut buf).unwrap() {
+            offsets.push(seg.offset);
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(offsets, vec![0, 4096, 8192]);
+        assert_eq!(got, data);
+    }
+
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("device gone"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(1);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_errors_carry_the_offset() {
+        let mut s = StreamDisk::new(Failing(5000), "stdin");
+        let mut buf = Vec::new();
+        let err = s.next_segment(4096, &mut buf).unwrap();
+        assert!(err.is_some());
+        let err = s.next_segment(4096, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("offset 5000"), "{err}");
+    }
+}
