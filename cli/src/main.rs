@@ -1,1 +1,95 @@
-fn main() {}
+//! `vmvault`: deduplicating, encrypted backup of virtual-machine disk images.
+//!
+//! This binary only parses arguments, opens the repository, shows progress and prints
+//! results; the work is done by the `vmvault-repo` and `vmvault-ingest` crates.
+
+mod cmd_backup;
+mod cmd_check;
+mod cmd_restore;
+mod cmd_snapshots;
+mod context;
+mod demo;
+mod exit;
+mod human;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Deduplicating, encrypted backups of virtual-machine disk images.
+#[derive(Parser, Debug)]
+#[command(name = "vmvault", version, about, long_about = None)]
+pub struct Cli {
+    /// Repository location (a directory).
+    #[arg(short = 'r', long = "repo", env = "VMVAULT_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+
+    /// Read the password from this file (first line).
+    #[arg(long, env = "VMVAULT_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Directory of the local cache (default: $XDG_CACHE_HOME/vmvault or ~/.cache/vmvault).
+    #[arg(long, env = "VMVAULT_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Use a temporary cache, rebuilt from the repository and discarded at exit.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new, empty repository.
+    Init,
+    /// Back up the disks of one VM into a new snapshot.
+    Backup(cmd_backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(cmd_snapshots::SnapshotsArgs),
+    /// Restore a snapshot's disks to files or block devices.
+    Restore(cmd_restore::RestoreArgs),
+    /// Verify the repository's structure, and with --read-data every byte.
+    Check(cmd_check::CheckArgs),
+    /// Show repository sizes, deduplication ratio, chunks and packs.
+    Stats,
+    /// Run a self-contained demonstration in a temporary directory.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let result = match &cli.command {
+        Command::Init => context::init(&cli),
+        Command::Backup(a) => cmd_backup::run(&cli, a),
+        Command::Snapshots(a) => cmd_snapshots::run(&cli, a),
+        Command::Restore(a) => cmd_restore::run(&cli, a),
+        Command::Check(a) => cmd_check::run(&cli, a),
+        Command::Stats => cmd_snapshots::stats(&cli),
+        Command::Demo(a) => demo::run(&cli, a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmvault: error: {e:#}");
+            std::process::exit(exit::code_for(&e));
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub struct StreamDisk<R: Read + Send> {
     name: String,
     next: u64,
     done: bool,
+    expected: Option<u64>,
 }
 
 impl<R: Read + Send> StreamDisk<R> {
@@ -21,13 +22,32 @@ impl<R: Read + Send> StreamDisk<R> {
             name: name.to_string(),
             next: 0,
             done: false,
+            expected: None,
+        }
+    }
+
+    /// Declares the stream's size: a stream that ends before it, or runs past it, is an
+    /// error instead of a silently shorter or longer disk.
+    pub fn with_expected_size(mut self, size: u64) -> Self {
+        self.expected = Some(size);
+        self
+    }
+
+    fn check_end(&self, total: u64) -> Result<(), IngestError> {
+        match self.expected {
+            Some(expected) if total != expected => Err(IngestError::Truncated {
+                what: self.name.clone(),
+                expected,
+                got: total,
+            }),
+            _ => Ok(()),
         }
     }
 }
 
 impl<R: Read + Send> SequentialDisk for StreamDisk<R> {
     fn size_hint(&self) -> Option<u64> {
-        None
+        self.expected
     }
 
     fn next_segment(
@@ -56,6 +76,20 @@ impl<R: Read + Send> SequentialDisk for StreamDisk<R> {
                     })
                 }
             }
+        }
+        if let Some(expected) = self.expected {
+            if self.next + filled as u64 > expected {
+                return Err(IngestError::Read {
+                    what: self.name.clone(),
+                    offset: expected,
+                    source: std::io::Error::other(format!(
+                        "stream is longer than the declared size of {expected} bytes"
+                    )),
+                });
+            }
+        }
+        if self.done {
+            self.check_end(self.next + filled as u64)?;
         }
         if filled == 0 {
             return Ok(None);
@@ -109,6 +143,31 @@ mod tests {
             self.0 -= n;
             Ok(n)
         }
+    }
+
+    #[test]
+    fn declared_size_catches_short_and_long_streams() {
+        let data = vec![7u8; 10_000];
+        let mut buf = Vec::new();
+        let mut short = StreamDisk::new(&data[..], "stdin").with_expected_size(20_000);
+        let mut res = Ok(None);
+        for _ in 0..10 {
+            res = short.next_segment(4096, &mut buf);
+            if !matches!(res, Ok(Some(_))) {
+                break;
+            }
+        }
+        let err = res.unwrap_err();
+        assert!(err.to_string().contains("ended early"), "{err}");
+        let mut long = StreamDisk::new(&data[..], "stdin").with_expected_size(5000);
+        long.next_segment(4096, &mut buf).unwrap();
+        assert!(long.next_segment(4096, &mut buf).is_err());
+        let mut exact = StreamDisk::new(&data[..], "stdin").with_expected_size(10_000);
+        let mut n = 0;
+        while exact.next_segment(4096, &mut buf).unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
     }
 
     #[test]

@@ -1,1 +1,20 @@
-//! placeholder
+//! The vmvault repository: keys, encryption, packs, index, manifests, snapshots, and the
+//! backup, restore and check engines. FORMAT.md describes every byte this crate writes.
+
+pub mod backend;
+pub mod backup;
+pub mod blob;
+pub mod cache;
+pub mod check;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod lock;
+pub mod pack_writer;
+mod pending;
+pub mod repository;
+pub mod restore;
+pub mod stats;
+
+pub use error::{RepoError, Result};
+pub use repository::Repository;

@@ -1,0 +1,102 @@
+//! `vmvault snapshots` and `vmvault stats`.
+
+use crate::{context, human, Cli};
+use anyhow::{anyhow, Result};
+use clap::Args;
+
+/// Arguments of `vmvault snapshots`.
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this VM.
+    #[arg(long)]
+    pub vm: Option<String>,
+}
+
+/// Runs `vmvault snapshots`.
+pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<i32> {
+    let repo = context::open(cli)?;
+    let (snaps, bad) = repo.list_snapshots().map_err(|e| anyhow!(e))?;
+    for e in &bad {
+        eprintln!("vmvault: warning: {e}");
+    }
+    let snaps: Vec<_> = snaps
+        .into_iter()
+        .filter(|(_, s)| a.vm.as_ref().is_none_or(|v| &s.vm == v))
+        .collect();
+    if cli.json {
+        let v: Vec<serde_json::Value> = snaps
+            .iter()
+            .map(|(id, s)| {
+                serde_json::json!({
+                    "id": id,
+                    "short_id": &id[..12],
+                    "time": s.time,
+                    "vm": s.vm,
+                    "host": s.host,
+                    "tags": s.tags,
+                    "parent": s.parent,
+                    "program": s.program,
+                    "disks": s.disks.iter().map(|d| serde_json::json!({
+                        "name": d.name,
+                        "size": d.size,
+                        "allocated_bytes": d.allocated_bytes,
+                        "zero_bytes": d.zero_bytes,
+                        "source": d.source,
+                        "source_format": d.source_format,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(crate::exit::OK);
+    }
+    if cli.quiet {
+        return Ok(crate::exit::OK);
+    }
+    println!(
+        "{:<12}  {:<20}  {:<16}  {:<12}  {:>10}  DISKS",
+        "ID", "TIME", "VM", "HOST", "SIZE"
+    );
+    for (id, s) in &snaps {
+        let size: u64 = s.disks.iter().map(|d| d.size).sum();
+        let time = s.time.get(..19).unwrap_or(&s.time).replace('T', " ");
+        let disks: Vec<&str> = s.disks.iter().map(|d| d.name.as_str()).collect();
+        let tags = if s.tags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", s.tags.join(","))
+        };
+        println!(
+            "{:<12}  {:<20}  {:<16}  {:<12}  {:>10}  {}{tags}",
+            &id[..12],
+            time,
+            s.vm,
+            s.host,
+            human::bytes(size),
+            disks.join(",")
+        );
+    }
+    println!("{} snapshot(s)", snaps.len());
+    Ok(crate::exit::OK)
+}
+
+/// Runs `vmvault stats`.
+pub fn stats(cli: &Cli) -> Result<i32> {
+    let repo = context::open(cli)?;
+    let cache = context::cache(cli, &repo)?;
+    let st = vmvault_repo::stats::stats(&repo, &cache).map_err(|e| anyhow!(e))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else if !cli.quiet {
+        println!("snapshots        {:>12}  ({} VMs)", st.snapshots, st.vms);
+        println!("logical size     {:>12}", human::bytes(st.logical_bytes));
+        println!("allocated data   {:>12}", human::bytes(st.allocated_bytes));
+        println!("stored (packs)   {:>12}", human::bytes(st.stored_bytes));
+        println!("metadata         {:>12}", human::bytes(st.metadata_bytes));
+        println!("dedup ratio      {:>12.2}x  (allocated / stored)", st.dedup_ratio);
+        println!("chunks           {:>12}", st.chunks);
+        println!("packs            {:>12}", st.packs);
+        println!("index files      {:>12}", st.index_files);
+    }
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,28 @@
+//! Exit codes (documented in README.md, "Exit codes").
+
+use vmvault_repo::RepoError;
+
+/// Success.
+pub const OK: i32 = 0;
+/// Any failure not listed below.
+pub const FAILURE: i32 = 1;
+/// Bad command line.
+pub const USAGE: i32 = 2;
+/// `check` found damage.
+pub const CHECK_FAILED: i32 = 3;
+/// No repository at the given location.
+pub const NO_REPOSITORY: i32 = 10;
+/// The repository is locked by another operation.
+pub const LOCKED: i32 = 11;
+/// Wrong password.
+pub const WRONG_PASSWORD: i32 = 12;
+
+/// Maps an error to its exit code by the repository error inside it, if any.
+pub fn code_for(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<RepoError>() {
+        Some(RepoError::NoRepository(_)) => NO_REPOSITORY,
+        Some(RepoError::Locked(_)) => LOCKED,
+        Some(RepoError::WrongPassword { .. }) => WRONG_PASSWORD,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,72 @@
+//! Storage backends: where the repository's files live.
+//!
+//! One small synchronous trait addressed by (kind, name). Contracts every implementation
+//! keeps: `put` is atomic and durable when it returns, and never exposes a partial
+//! object; objects are immutable (putting an existing content-addressed name again is a
+//! no-op, putting an existing `config` fails); `get` of a missing object fails with
+//! `ErrorKind::NotFound`, which callers report differently from damage.
+
+mod local;
+
+pub use local::LocalBackend;
+
+use std::io;
+
+/// The kinds of files in a repository (FORMAT.md section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `config`.
+    Config,
+    /// `keys/<name>`.
+    Key,
+    /// `data/<xx>/<name>`.
+    Pack,
+    /// `index/<name>`.
+    Index,
+    /// `snapshots/<name>`.
+    Snapshot,
+    /// `locks/<name>`.
+    Lock,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key file",
+            FileKind::Pack => "pack",
+            FileKind::Index => "index file",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Lock => "lock",
+        })
+    }
+}
+
+/// A place to keep repository files.
+pub trait Backend: Send + Sync {
+    /// Where the repository is, for messages (never includes credentials).
+    fn location(&self) -> String;
+
+    /// Prepares an empty location for a new repository; fails if it already holds files.
+    fn create(&self) -> io::Result<()>;
+
+    /// Stores an object atomically and durably (see the module contract).
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> io::Result<()>;
+
+    /// Reads a whole object.
+    fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`; fails if the object is shorter.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+
+    /// Lists the names and sizes of all objects of a kind (not `Config`).
+    fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    fn remove(&self, kind: FileKind, name: &str) -> io::Result<()>;
+}
+
+/// True for names of the form written by vmvault (64 lowercase hex digits).
+pub fn is_object_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,660 @@
+//! The backup pipeline (ARCHITECTURE.md, "Backup pipeline").
+//!
+//! ```text
+//! reader (this thread) --segments--> rayon workers --results--> collector thread
+//!   fixed pool of buffers            chunk, id, dedup,          reorders, builds
+//!   (bounds memory)                  compress, encrypt          manifest pages
+//!                                      into shared packs --full packs--> uploader thread
+//!                                                                          put pack, write
+//!                                                                          index files
+//! ```
+//! Chunk boundaries depend only on segment contents, never on scheduling. Memory is
+//! bounded by the number of segment buffers, packers and packs in flight. The snapshot
+//! is written only after every pack and index file it needs is durable.
+
+use crate::backend::FileKind;
+use crate::cache::IndexCache;
+use crate::error::{RepoError, Result};
+use crate::format::index::{encode_index, IndexPack};
+use crate::format::manifest::{EntryKind, ManifestEntry, ManifestRoot, MAX_RUN};
+use crate::format::pack::{COMPRESSION_NONE, COMPRESSION_ZSTD, KIND_DATA, KIND_TREE};
+use crate::format::sealed::KIND_INDEX;
+use crate::format::snapshot::{Snapshot, SnapshotDisk};
+use crate::pack_writer::{FinishedPack, PackWriter};
+use crate::pending::PendingSet;
+use crate::repository::{hostname, now_rfc3339, Repository};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use vmvault_chunker::{ChunkId, Chunker, CutKind, Cut};
+use vmvault_ingest::{ExtentKind, Segment, SequentialDisk};
+
+/// Chunks listed per index file before a new one is started.
+const INDEX_FLUSH_ENTRIES: usize = 100_000;
+
+/// Live counters of a running backup, for progress display. All in bytes except chunks.
+#[derive(Default, Debug)]
+pub struct Progress {
+    /// Logical size of all disks, where known in advance.
+    pub total: AtomicU64,
+    /// Logical bytes processed so far.
+    pub done: AtomicU64,
+    /// Bytes actually read from sources (allocated data).
+    pub read: AtomicU64,
+    /// Raw bytes of chunks that were new to the repository.
+    pub new_raw: AtomicU64,
+    /// Bytes those new chunks take in packs (compressed, with tags).
+    pub stored: AtomicU64,
+    /// Data chunks seen.
+    pub chunks: AtomicU64,
+    /// Data chunks that were new.
+    pub new_chunks: AtomicU64,
+}
+
+/// One disk to back up.
+pub struct DiskInput {
+    /// Name within the snapshot (unique, no '/').
+    pub name: String,
+    /// Where it comes from, for the snapshot record.
+    pub source_path: String,
+    /// The reader.
+    pub source: Box<dyn SequentialDisk>,
+}
+
+/// What to back up and how.
+pub struct BackupRequest {
+    /// VM name.
+    pub vm: String,
+    /// Tags to attach.
+    pub tags: Vec<String>,
+    /// The VM's disks, in order.
+    pub disks: Vec<DiskInput>,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+/// The result of a successful backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupSummary {
+    /// Name (id) of the new snapshot.
+    pub snapshot: String,
+    /// The snapshot as stored.
+    #[serde(skip)]
+    pub snapshot_record: Snapshot,
+    /// Sum of the disks' logical sizes.
+    pub logical_bytes: u64,
+    /// Bytes read from the sources.
+    pub read_bytes: u64,
+    /// Bytes found zero (not stored).
+    pub zero_bytes: u64,
+    /// Raw bytes of chunks new to the repository.
+    pub new_bytes: u64,
+    /// Bytes added to packs after compression and encryption.
+    pub stored_bytes: u64,
+    /// Data chunks referenced.
+    pub chunks: u64,
+    /// Data chunks that were new.
+    pub new_chunks: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// Index files written.
+    pub index_files: u64,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+}
+
+/// State shared by every stage of one backup.
+struct Shared<'r> {
+    repo: &'r Repository,
+    cache: &'r IndexCache,
+    chunker: Chunker,
+    pending: PendingSet,
+    packers: Vec<Mutex<Option<PackWriter>>>,
+    /// Taken (closed) when the last pack is sent, so the uploader can finish.
+    pack_tx: Mutex<Option<Sender<FinishedPack>>>,
+    progress: &'r Progress,
+    abort: AtomicBool,
+    error: Mutex<Option<RepoError>>,
+    level: i32,
+    pack_target: usize,
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: RepoError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Deduplicates and, if new, compresses, encrypts and packs one chunk.
+    fn store_chunk(&self, id: ChunkId, bytes: &[u8], kind: u8, slot: usize) -> Result<bool> {
+        if self.cache.contains(&id)? || !self.pending.insert(id) {
+            return Ok(false);
+        }
+        thread_local! {
+            static SCRATCH: RefCell<(Option<(i32, zstd::bulk::Compressor<'static>)>, Vec<u8>)> =
+                const { RefCell::new((None, Vec::new())) };
+        }
+        let stored = SCRATCH.with(|cell| -> Result<usize> {
+            let mut guard = cell.borrow_mut();
+            let (comp, scratch) = &mut *guard;
+            if comp.as_ref().map(|c| c.0) != Some(self.level) {
+                let c = zstd::bulk::Compressor::new(self.level)
+                    .map_err(|e| RepoError::Invalid(format!("zstd: {e}")))?;
+                *comp = Some((self.level, c));
+            }
+            let Some((_, comp)) = comp.as_mut() else {
+                return Err(RepoError::Invalid("zstd compressor missing".into()));
+            };
+            scratch.clear();
+            scratch.reserve(zstd::zstd_safe::compress_bound(bytes.len()));
+            let compressed = comp.compress_to_buffer(bytes, scratch).is_ok() && scratch.len() < bytes.len();
+            let (payload, compression) = if compressed {
+                (&scratch[..], COMPRESSION_ZSTD)
+            } else {
+                (bytes, COMPRESSION_NONE)
+            };
+            self.add_to_pack(slot, id, kind, compression, bytes.len() as u32, payload)?;
+            Ok(payload.len() + 16)
+        })?;
+        self.progress
+            .new_raw
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.progress
+            .stored
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn add_to_pack(
+        &self,
+        slot: usize,
+        id: ChunkId,
+        kind: u8,
+        compression: u8,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<()> {
+        let full = {
+            let mut p = self.packers[slot % self.packers.len()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if p.is_none() {
+                *p = Some(PackWriter::new(
+                    self.repo.keys(),
+                    self.pack_target + (1 << 20),
+                )?);
+            }
+            let Some(w) = p.as_mut() else {
+                return Err(RepoError::Invalid("pack writer missing".into()));
+            };
+            w.add(id, kind, compression, raw_len, payload);
+            if w.len() >= self.pack_target {
+                p.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = full {
+            self.send_pack(w)?;
+        }
+        Ok(())
+    }
+
+    fn send_pack(&self, w: PackWriter) -> Result<()> {
+        let tx = self
+            .pack_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stopped = || RepoError::Invalid("pack uploader stopped".into());
+        tx.ok_or_else(stopped)?.send(w.finish()).map_err(|_| stopped())
+    }
+
+    /// Closes the pack channel so the uploader writes the last index file and stops.
+    fn close_packs(&self) {
+        self.pack_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Finishes every partly filled pack.
+    fn flush_packers(&self) -> Result<()> {
+        for p in &self.packers {
+            let w = p.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(w) = w.filter(|w| !w.is_empty()) {
+                self.send_pack(w)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a worker made of one segment.
+struct SegmentResult {
+    offset: u64,
+    len: u64,
+    entries: Vec<ManifestEntry>,
+    read: u64,
+    zero: u64,
+    chunks: u64,
+}
+
+fn push_entry(out: &mut Vec<ManifestEntry>, kind: EntryKind, mut len: u64) {
+    while len > 0 {
+        if let Some(last) = out.last_mut() {
+            if last.kind == kind && !matches!(kind, EntryKind::Data(_)) && last.len < MAX_RUN {
+                let add = len.min(u64::from(MAX_RUN - last.len));
+                last.len += add as u32;
+                len -= add;
+                continue;
+            }
+        }
+        let take = len.min(u64::from(MAX_RUN));
+        out.push(ManifestEntry {
+            len: take as u32,
+            kind,
+        });
+        len -= take;
+    }
+}
+
+fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &[u8]) -> Result<SegmentResult> {
+    let slot = rayon::current_thread_index().unwrap_or(0);
+    let mut r = SegmentResult {
+        offset: seg.offset,
+        len: seg.len,
+        entries: Vec::new(),
+        read: 0,
+        zero: 0,
+        chunks: 0,
+    };
+    let mut cuts: Vec<Cut> = Vec::new();
+    for e in &seg.extents {
+        match e.kind {
+            ExtentKind::Unallocated => push_entry(&mut r.entries, EntryKind::Unallocated, e.len),
+            ExtentKind::Zero => {
+                r.zero += e.len;
+                push_entry(&mut r.entries, EntryKind::Zero, e.len);
+            }
+            ExtentKind::Data => {
+                let start = (e.offset - seg.offset) as usize;
+                let data = &buf[start..start + e.len as usize];
+                r.read += e.len;
+                cuts.clear();
+                sh.chunker.split(data, e.offset, &mut cuts);
+                for c in &cuts {
+                    match c.kind {
+                        CutKind::Zero => {
+                            r.zero += c.len as u64;
+                            push_entry(&mut r.entries, EntryKind::Zero, c.len as u64);
+                        }
+                        CutKind::Data(id) => {
+                            r.chunks += 1;
+                            sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
+                            if sh.store_chunk(id, &data[c.start..c.start + c.len], KIND_DATA, slot)? {
+                                sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
+                            }
+                            push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Builds one disk's manifest pages in disk order.
+struct ManifestBuilder {
+    page_size: u64,
+    page_start: u64,
+    pos: u64,
+    entries: Vec<ManifestEntry>,
+    pages: Vec<ChunkId>,
+}
+
+impl ManifestBuilder {
+    fn add(&mut self, sh: &Shared<'_>, r: SegmentResult, slot: usize) -> Result<()> {
+        if r.offset != self.pos {
+            return Err(RepoError::Invalid(format!(
+                "internal error: segment at {} where {} was expected",
+                r.offset, self.pos
+            )));
+        }
+        for e in r.entries {
+            push_entry(&mut self.entries, e.kind, u64::from(e.len));
+        }
+        self.pos += r.len;
+        if self.pos - self.page_start >= self.page_size {
+            self.finish_page(sh, slot)?;
+        }
+        Ok(())
+    }
+
+    fn finish_page(&mut self, sh: &Shared<'_>, slot: usize) -> Result<()> {
+        let bytes = crate::format::manifest::encode_page(&self.entries);
+        let id = sh.repo.keys().chunk_id(&bytes);
+        sh.store_chunk(id, &bytes, KIND_TREE, slot)?;
+        self.pages.push(id);
+        self.entries.clear();
+        self.page_start = self.pos;
+        Ok(())
+    }
+
+    fn finish(mut self, sh: &Shared<'_>, slot: usize) -> Result<(ChunkId, u64)> {
+        if self.pos > self.page_start {
+            self.finish_page(sh, slot)?;
+        }
+        let root = ManifestRoot {
+            disk_size: self.pos,
+            page_size: self.page_size,
+            pages: self.pages,
+        };
+        let bytes = root.encode();
+        let id = sh.repo.keys().chunk_id(&bytes);
+        sh.store_chunk(id, &bytes, KIND_TREE, slot)?;
+        Ok((id, self.pos))
+    }
+}
+
+/// Totals for one disk.
+#[derive(Default)]
+struct DiskTotals {
+    read: u64,
+    zero: u64,
+    chunks: u64,
+}
+
+fn collect(
+    sh: &Shared<'_>,
+    results: Receiver<Result<SegmentResult>>,
+    segment_size: u64,
+    slot: usize,
+) -> Result<(ChunkId, u64, DiskTotals)> {
+    let mut builder = ManifestBuilder {
+        page_size: sh.repo.config().manifest_page_size,
+        page_start: 0,
+        pos: 0,
+        entries: Vec::new(),
+        pages: Vec::new(),
+    };
+    let mut waiting: BTreeMap<u64, SegmentResult> = BTreeMap::new();
+    let mut totals = DiskTotals::default();
+    let mut failed = false;
+    for r in results {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                sh.fail(e);
+                failed = true;
+                continue;
+            }
+        };
+        if failed {
+            continue;
+        }
+        waiting.insert(r.offset / segment_size, r);
+        while let Some(r) = waiting.remove(&(builder.pos / segment_size)) {
+            totals.read += r.read;
+            totals.zero += r.zero;
+            totals.chunks += r.chunks;
+            sh.progress.done.fetch_add(r.len, Ordering::Relaxed);
+            if let Err(e) = builder.add(sh, r, slot) {
+                sh.fail(e);
+                failed = true;
+                break;
+            }
+        }
+    }
+    if failed || sh.aborted() {
+        return Err(RepoError::Invalid("backup aborted".into()));
+    }
+    if !waiting.is_empty() {
+        return Err(RepoError::Invalid(
+            "internal error: segments missing from the manifest".into(),
+        ));
+    }
+    let (root, size) = builder.finish(sh, slot)?;
+    Ok((root, size, totals))
+}
+
+fn backup_disk(
+    sh: &Shared<'_>,
+    pool: &rayon::ThreadPool,
+    input: DiskInput,
+    slot: usize,
+) -> Result<SnapshotDisk> {
+    let DiskInput {
+        name,
+        source_path,
+        mut source,
+    } = input;
+    let segment_size = sh.repo.config().chunker.segment_size;
+    let buffers = pool.current_num_threads() + 2;
+    let (buf_tx, buf_rx) = bounded::<Vec<u8>>(buffers);
+    for _ in 0..buffers {
+        let _ = buf_tx.send(Vec::new());
+    }
+    let (res_tx, res_rx) = unbounded::<Result<SegmentResult>>();
+    let format = source.format_name().to_string();
+    let (root, size, totals) = std::thread::scope(|s| {
+        let collector = s.spawn(|| collect(sh, res_rx, segment_size, slot));
+        let read_result: Result<()> = pool.in_place_scope(|scope| {
+            loop {
+                if sh.aborted() {
+                    return Ok(());
+                }
+                let Ok(mut buf) = buf_rx.recv() else {
+                    return Ok(());
+                };
+                let seg = match source.next_segment(segment_size as usize, &mut buf) {
+                    Ok(Some(seg)) => seg,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(RepoError::from(e)),
+                };
+                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
+                scope.spawn(move |_| {
+                    let r = if sh.aborted() {
+                        Err(RepoError::Invalid("backup aborted".into()))
+                    } else {
+                        process_segment(sh, &seg, &buf)
+                    };
+                    let _ = buf_tx.send(buf);
+                    let _ = res_tx.send(r);
+                });
+            }
+        });
+        if let Err(e) = read_result {
+            sh.fail(e);
+        }
+        drop(res_tx);
+        collector
+            .join()
+            .unwrap_or_else(|_| Err(RepoError::Invalid("manifest collector panicked".into())))
+    })?;
+    Ok(SnapshotDisk {
+        name,
+        size,
+        source: source_path,
+        source_format: format,
+        manifest: root.to_hex(),
+        allocated_bytes: totals.read,
+        zero_bytes: totals.zero,
+        data_chunks: totals.chunks,
+    })
+}
+
+/// Writes packs as they fill and an index file every [`INDEX_FLUSH_ENTRIES`] chunks.
+/// Returns (packs written, index files written).
+fn upload_loop(
+    repo: &Repository,
+    cache: &IndexCache,
+    pending: &PendingSet,
+    packs: Receiver<FinishedPack>,
+) -> Result<(u64, u64)> {
+    let mut batch: Vec<IndexPack> = Vec::new();
+    let mut batch_entries = 0usize;
+    let (mut n_packs, mut n_index) = (0u64, 0u64);
+    let flush = |batch: &mut Vec<IndexPack>| -> Result<()> {
+        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(batch))?;
+        cache.add_index(&name, batch)?;
+        pending.remove_all(batch.iter().flat_map(|p| p.entries.iter().map(|e| &e.id)));
+        batch.clear();
+        Ok(())
+    };
+    for p in packs {
+        let name = hex::encode(p.name);
+        repo.backend()
+            .put(FileKind::Pack, &name, &p.bytes)
+            .map_err(|e| crate::repository::io_err(FileKind::Pack, &name, e))?;
+        n_packs += 1;
+        batch_entries += p.index.entries.len();
+        batch.push(p.index);
+        if batch_entries >= INDEX_FLUSH_ENTRIES {
+            flush(&mut batch)?;
+            n_index += 1;
+            batch_entries = 0;
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch)?;
+        n_index += 1;
+    }
+    cache.flush()?;
+    Ok((n_packs, n_index))
+}
+
+/// Runs one backup: every disk of `req` into one new snapshot. On any error nothing is
+/// committed (packs already written stay, unreferenced, for prune to reclaim).
+pub fn backup(
+    repo: &Repository,
+    cache: &IndexCache,
+    req: BackupRequest,
+    progress: &Progress,
+) -> Result<BackupSummary> {
+    let started = Instant::now();
+    let time = now_rfc3339();
+    let mut names = std::collections::HashSet::new();
+    for d in &req.disks {
+        if d.name.is_empty() || d.name.contains('/') || !names.insert(d.name.clone()) {
+            return Err(RepoError::Invalid(format!(
+                "disk name {:?} is empty, contains '/', or is used twice (use --disk-name)",
+                d.name
+            )));
+        }
+    }
+    if req.vm.is_empty() || req.vm.contains('/') {
+        return Err(RepoError::Invalid("VM name must be non-empty and without '/'".into()));
+    }
+    let threads = if req.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        req.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("vmvault-chunk-{i}"))
+        .build()
+        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let config = repo.config();
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+    let sh = Shared {
+        repo,
+        cache,
+        chunker: repo.keys().chunker(config.chunker_params()),
+        pending: PendingSet::default(),
+        // One packer per worker up to 4, plus one for manifests.
+        packers: (0..threads.min(4) + 1).map(|_| Mutex::new(None)).collect(),
+        pack_tx: Mutex::new(Some(pack_tx)),
+        progress,
+        abort: AtomicBool::new(false),
+        error: Mutex::new(None),
+        level: config.compression.level,
+        pack_target: config.pack_size_target as usize,
+    };
+    let tree_slot = threads.min(4);
+    for d in &req.disks {
+        if let Some(s) = d.source.size_hint() {
+            progress.total.fetch_add(s, Ordering::Relaxed);
+        }
+    }
+    let (disks, uploaded) = std::thread::scope(|s| {
+        let uploader = s.spawn(|| {
+            let r = upload_loop(repo, cache, &sh.pending, pack_rx);
+            if r.is_err() {
+                sh.abort.store(true, Ordering::SeqCst);
+            }
+            r
+        });
+        let mut disks = Vec::new();
+        let mut result = Ok(());
+        for input in req.disks {
+            match backup_disk(&sh, &pool, input, tree_slot) {
+                Ok(d) => disks.push(d),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = sh.flush_packers();
+        }
+        sh.close_packs();
+        let uploaded = uploader
+            .join()
+            .unwrap_or_else(|_| Err(RepoError::Invalid("pack uploader panicked".into())));
+        (result.map(|()| disks), uploaded)
+    });
+    // The first error wins: a worker's or reader's error explains an abort better than
+    // the "aborted" it causes elsewhere.
+    let first = sh.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = first {
+        return Err(e);
+    }
+    let disks = disks?;
+    let (packs, index_files) = uploaded?;
+    let parent = repo
+        .list_snapshots()?
+        .0
+        .into_iter()
+        .rfind(|(_, s)| s.vm == req.vm)
+        .map(|(n, _)| n);
+    let snapshot = Snapshot {
+        version: 1,
+        vm: req.vm,
+        host: hostname(),
+        time,
+        tags: req.tags,
+        parent,
+        program: format!("vmvault {}", env!("CARGO_PKG_VERSION")),
+        disks,
+    };
+    let name = repo.put_snapshot(&snapshot)?;
+    let p = progress;
+    Ok(BackupSummary {
+        snapshot: name,
+        logical_bytes: snapshot.disks.iter().map(|d| d.size).sum(),
+        read_bytes: snapshot.disks.iter().map(|d| d.allocated_bytes).sum(),
+        zero_bytes: snapshot.disks.iter().map(|d| d.zero_bytes).sum(),
+        new_bytes: p.new_raw.load(Ordering::Relaxed),
+        stored_bytes: p.stored.load(Ordering::Relaxed),
+        chunks: p.chunks.load(Ordering::Relaxed),
+        new_chunks: p.new_chunks.load(Ordering::Relaxed),
+        packs,
+        index_files,
+        duration_secs: started.elapsed().as_secs_f64(),
+        snapshot_record: snapshot,
+    })
+}

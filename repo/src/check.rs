@@ -1,0 +1,291 @@
+//! Repository verification.
+//!
+//! Without `read_data`: every index file decodes, every pack it lists exists with the
+//! listed size, every snapshot decodes and every chunk its manifests reference is listed
+//! by the index in a pack that exists. With `read_data`, additionally every pack is read
+//! whole, its name verified, its header decrypted and every blob authenticated,
+//! decompressed and re-hashed; damaged chunks are named with the snapshots that use them.
+
+use crate::backend::FileKind;
+use crate::blob::decode_blob;
+use crate::cache::{ChunkLocation, IndexCache};
+use crate::crypto::MasterKeys;
+use crate::error::{RepoError, Result};
+use crate::format::index::decode_index;
+use crate::format::manifest::EntryKind;
+use crate::format::pack::{decode_header, decode_prefix, locate_header, PackEntry};
+use crate::format::sealed::KIND_INDEX;
+use crate::repository::{io_err, object_name, Repository};
+use crate::restore::{load_page, load_root};
+use rayon::prelude::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use vmvault_chunker::ChunkId;
+
+/// Live counters of a check.
+#[derive(Default, Debug)]
+pub struct CheckProgress {
+    /// Packs to read (with read_data).
+    pub packs_total: AtomicU64,
+    /// Packs read so far.
+    pub packs_done: AtomicU64,
+    /// Bytes read so far.
+    pub bytes_read: AtomicU64,
+}
+
+/// What a check found. `errors` empty means the repository is sound.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Problems that lose or endanger data, one sentence each naming the object.
+    pub errors: Vec<String>,
+    /// Harmless findings (unreferenced packs from interrupted backups, ...).
+    pub warnings: Vec<String>,
+    /// Chunk ids found damaged or missing.
+    pub damaged_chunks: Vec<String>,
+    /// Snapshots that reference damaged or missing data.
+    pub affected_snapshots: Vec<String>,
+    /// Packs in the repository.
+    pub packs: u64,
+    /// Index files read.
+    pub index_files: u64,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Bytes of pack data read and verified.
+    pub bytes_read: u64,
+}
+
+/// Reads one pack whole and verifies everything in it; returns the ids of bad blobs
+/// (all listed ones if the pack cannot be parsed) and a message per problem.
+fn verify_pack(
+    keys: &MasterKeys,
+    repo: &Repository,
+    name: &str,
+    listed: &[PackEntry],
+) -> (Vec<ChunkId>, Vec<String>, u64) {
+    let bytes = match repo.backend().get(FileKind::Pack, name) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                listed.iter().map(|e| e.id).collect(),
+                vec![io_err(FileKind::Pack, name, e).to_string()],
+                0,
+            )
+        }
+    };
+    let n = bytes.len() as u64;
+    let mut msgs = Vec::new();
+    if object_name(&bytes) != name {
+        msgs.push(format!("pack {name} is damaged: content does not match its name"));
+    }
+    let parsed = (|| -> std::result::Result<([u8; 32], Vec<PackEntry>), String> {
+        let salt = decode_prefix(&bytes).map_err(|e| e.0)?;
+        let trailer = &bytes[bytes.len().saturating_sub(4)..];
+        let (start, len) = locate_header(n, trailer).map_err(|e| e.0)?;
+        let mut header = bytes[start as usize..start as usize + len as usize].to_vec();
+        let plain_len = keys
+            .pack_cipher(&salt)
+            .decrypt_header(&bytes[..40], &mut header)
+            .map_err(|e| format!("header: {e}"))?;
+        let entries = decode_header(&header[..plain_len], start).map_err(|e| e.0)?;
+        Ok((salt, entries))
+    })();
+    let (salt, entries) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            msgs.push(format!("pack {name} is damaged: {e}"));
+            // Without a header, fall back to what the index says is inside.
+            match decode_prefix(&bytes) {
+                Ok(salt) => (salt, listed.to_vec()),
+                Err(_) => return (listed.iter().map(|e| e.id).collect(), msgs, n),
+            }
+        }
+    };
+    let mut bad = Vec::new();
+    for e in &entries {
+        let range = e.offset as usize..e.end() as usize;
+        let Some(stored) = bytes.get(range) else {
+            bad.push(e.id);
+            msgs.push(format!("chunk {} lies outside pack {name}", e.id));
+            continue;
+        };
+        let mut pack = [0u8; 32];
+        let _ = hex::decode_to_slice(name, &mut pack);
+        let loc = ChunkLocation { pack, entry: *e };
+        if let Err(err) = decode_blob(keys, &salt, name, &loc, stored.to_vec()) {
+            bad.push(e.id);
+            msgs.push(err.to_string());
+        }
+    }
+    (bad, msgs, n)
+}
+
+/// Checks the repository; see the module doc for what each level covers.
+pub fn check(
+    repo: &Repository,
+    cache: &IndexCache,
+    read_data: bool,
+    progress: &CheckProgress,
+) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let packs: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)
+        .map_err(|e| io_err(FileKind::Pack, "", e))?
+        .into_iter()
+        .collect();
+    report.packs = packs.len() as u64;
+
+    // Index files: decode, and every listed pack must exist with its size.
+    let mut listed: HashMap<String, Vec<PackEntry>> = HashMap::new();
+    let index_names = repo
+        .backend()
+        .list(FileKind::Index)
+        .map_err(|e| io_err(FileKind::Index, "", e))?;
+    for (name, _) in &index_names {
+        report.index_files += 1;
+        let decoded = repo
+            .get_sealed(FileKind::Index, KIND_INDEX, name)
+            .and_then(|p| {
+                decode_index(&p).map_err(|e| RepoError::corrupt(FileKind::Index, name, e.0))
+            });
+        let index = match decoded {
+            Ok(i) => i,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        };
+        for p in index {
+            let pname = hex::encode(p.name);
+            match packs.get(&pname) {
+                None => report.errors.push(format!(
+                    "pack {pname} listed by index file {name} is missing from the repository"
+                )),
+                Some(&size) if size != p.size => report.errors.push(format!(
+                    "pack {pname} has {size} bytes, index file {name} says {}",
+                    p.size
+                )),
+                Some(_) => {}
+            }
+            listed.entry(pname).or_default().extend(p.entries);
+        }
+    }
+    for name in packs.keys() {
+        if !listed.contains_key(name) {
+            report.warnings.push(format!(
+                "pack {name} is not listed by any index file (left by an interrupted backup; prune reclaims it)"
+            ));
+        }
+    }
+
+    // Pack contents.
+    let mut damaged: HashSet<ChunkId> = HashSet::new();
+    if read_data {
+        let names: Vec<(&String, &Vec<PackEntry>)> = listed
+            .iter()
+            .filter(|(n, _)| packs.contains_key(*n))
+            .collect();
+        progress
+            .packs_total
+            .store(names.len() as u64, Ordering::Relaxed);
+        let found = Mutex::new((Vec::new(), Vec::new()));
+        names.par_iter().for_each(|(name, entries)| {
+            let (bad, msgs, n) = verify_pack(repo.keys(), repo, name, entries);
+            progress.packs_done.fetch_add(1, Ordering::Relaxed);
+            progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+            let mut f = found.lock().unwrap_or_else(|p| p.into_inner());
+            f.0.extend(bad);
+            f.1.extend(msgs);
+        });
+        let (bad, msgs) = found.into_inner().unwrap_or_else(|p| p.into_inner());
+        damaged.extend(bad);
+        report.errors.extend(msgs);
+        report.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
+    }
+    let present: HashSet<[u8; 32]> = packs
+        .keys()
+        .filter_map(|n| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(n, &mut b).ok().map(|()| b)
+        })
+        .collect();
+
+    // Snapshots: every referenced chunk must be indexed, present and undamaged.
+    let (snaps, bad_snaps) = repo.list_snapshots()?;
+    for e in bad_snaps {
+        report.errors.push(e.to_string());
+    }
+    let mut damaged_used: BTreeSet<String> = BTreeSet::new();
+    let mut affected: BTreeSet<String> = BTreeSet::new();
+    for (sname, snap) in &snaps {
+        report.snapshots += 1;
+        for disk in &snap.disks {
+            let mut problem = |msg: String, id: Option<ChunkId>, report: &mut CheckReport| {
+                if let Some(id) = id {
+                    damaged_used.insert(id.to_hex());
+                }
+                if affected.insert(sname.clone()) || report.errors.len() < 1000 {
+                    report.errors.push(format!(
+                        "snapshot {} ({} / disk {}): {msg}",
+                        &sname[..12],
+                        snap.vm,
+                        disk.name
+                    ));
+                }
+            };
+            let root = match load_root(repo, cache, disk) {
+                Ok(r) => r,
+                Err(e) => {
+                    problem(format!("manifest unreadable: {e}"), None, &mut report);
+                    continue;
+                }
+            };
+            for i in 0..root.pages.len() {
+                let entries = match load_page(repo, cache, &root, i) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        problem(format!("manifest page {i} unreadable: {e}"), None, &mut report);
+                        continue;
+                    }
+                };
+                for (offset, e) in entries {
+                    let EntryKind::Data(id) = e.kind else { continue };
+                    if damaged.contains(&id) {
+                        problem(
+                            format!("chunk {id} at disk offset {offset} is damaged"),
+                            Some(id),
+                            &mut report,
+                        );
+                        continue;
+                    }
+                    match cache.lookup(&id)? {
+                        None => problem(
+                            format!("chunk {id} at disk offset {offset} is not in the index"),
+                            Some(id),
+                            &mut report,
+                        ),
+                        Some(loc) if !present.contains(&loc.pack) => problem(
+                            format!(
+                                "chunk {id} at disk offset {offset} is in missing pack {}",
+                                hex::encode(loc.pack)
+                            ),
+                            Some(id),
+                            &mut report,
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    report.damaged_chunks = damaged
+        .iter()
+        .map(|id| id.to_hex())
+        .chain(damaged_used)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    report.affected_snapshots = affected.into_iter().collect();
+    Ok(report)
+}

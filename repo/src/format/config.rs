@@ -1,0 +1,143 @@
+//! Repository config (FORMAT.md section 11): sealed JSON.
+
+use super::DecodeError;
+use serde::{Deserialize, Serialize};
+use vmvault_chunker::ChunkerParams;
+
+/// Chunker section of the config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    /// "fastcdc2020-keyed-gear".
+    pub algorithm: String,
+    /// Segment size.
+    pub segment_size: u64,
+    /// FastCDC minimum.
+    pub min_size: u32,
+    /// FastCDC average.
+    pub avg_size: u32,
+    /// FastCDC maximum.
+    pub max_size: u32,
+    /// FastCDC normalization level.
+    pub normalization: u8,
+    /// Zero-detection block.
+    pub zero_block: u32,
+    /// Shortest stored zero run.
+    pub zero_run_min: u32,
+}
+
+/// Compression section of the config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// "zstd".
+    pub algorithm: String,
+    /// zstd level.
+    pub level: i32,
+}
+
+/// The repository config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    /// Format version, 1.
+    pub version: u32,
+    /// Random repository id (hex).
+    pub id: String,
+    /// Creation time.
+    pub created: String,
+    /// Chunker parameters.
+    pub chunker: ChunkerConfig,
+    /// Compression parameters.
+    pub compression: CompressionConfig,
+    /// Target pack size in bytes.
+    pub pack_size_target: u64,
+    /// Bytes of disk described by one manifest page.
+    pub manifest_page_size: u64,
+}
+
+impl Config {
+    /// A new config with the v1 defaults.
+    pub fn new_v1(id: String, created: String, chunker: &ChunkerParams) -> Self {
+        Config {
+            version: 1,
+            id,
+            created,
+            chunker: ChunkerConfig {
+                algorithm: "fastcdc2020-keyed-gear".into(),
+                segment_size: chunker.segment_size,
+                min_size: chunker.min_size,
+                avg_size: chunker.avg_size,
+                max_size: chunker.max_size,
+                normalization: chunker.normalization,
+                zero_block: chunker.zero_block,
+                zero_run_min: chunker.zero_run_min,
+            },
+            compression: CompressionConfig {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            pack_size_target: 16 << 20,
+            manifest_page_size: 1 << 30,
+        }
+    }
+
+    /// The chunker parameters.
+    pub fn chunker_params(&self) -> ChunkerParams {
+        let c = &self.chunker;
+        ChunkerParams {
+            segment_size: c.segment_size,
+            min_size: c.min_size,
+            avg_size: c.avg_size,
+            max_size: c.max_size,
+            normalization: c.normalization,
+            zero_block: c.zero_block,
+            zero_run_min: c.zero_run_min,
+        }
+    }
+
+    /// Parses and validates a decrypted config.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let c: Config = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(format!("config is not valid JSON: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every invariant readers rely on.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.version != 1 {
+            return Err(DecodeError::new(format!(
+                "unsupported repository version {} (this vmvault reads version 1)",
+                self.version
+            )));
+        }
+        if self.chunker.algorithm != "fastcdc2020-keyed-gear" {
+            return Err(DecodeError::new(format!(
+                "unknown chunker {}",
+                self.chunker.algorithm
+            )));
+        }
+        self.chunker_params()
+            .validate()
+            .map_err(|e| DecodeError::new(e.to_string()))?;
+        if self.compression.algorithm != "zstd" || !(-7..=22).contains(&self.compression.level) {
+            return Err(DecodeError::new("unsupported compression settings"));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.pack_size_target) {
+            return Err(DecodeError::new("pack_size_target out of range"));
+        }
+        let seg = self.chunker.segment_size;
+        if self.manifest_page_size < seg
+            || self.manifest_page_size % seg != 0
+            || self.manifest_page_size > 64 << 30
+        {
+            return Err(DecodeError::new(
+                "manifest_page_size must be a multiple of segment_size, at most 64 GiB",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialises as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,359 @@
+//! Restoring a disk to a raw file or block device.
+//!
+//! The manifest is walked one page at a time; each page's data entries are cut into
+//! batches that rayon workers fetch in parallel. Within a batch, chunks are grouped by
+//! pack and neighbouring blobs are read with one ranged read. Every chunk is
+//! authenticated and its id recomputed before it is written at its offset. Zero and
+//! unallocated ranges stay holes in files (and all-zero blocks inside chunks are not
+//! written either), or are written as zeros on block devices.
+
+use crate::backend::FileKind;
+use crate::blob::{decode_blob, read_chunk};
+use crate::cache::{ChunkLocation, IndexCache};
+use crate::error::{RepoError, Result};
+use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
+use crate::format::snapshot::SnapshotDisk;
+use crate::repository::{io_err, Repository};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use vmvault_chunker::{is_zero, ChunkId};
+
+/// Logical bytes per parallel batch.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Largest gap between two blobs of one pack that is read through rather than split.
+const COALESCE_GAP: u64 = 256 << 10;
+/// Largest single ranged read.
+const MAX_READ: u64 = 32 << 20;
+/// Granularity at which zero blocks are left as holes.
+const HOLE_BLOCK: usize = 4096;
+
+/// Live counters of a restore.
+#[derive(Default, Debug)]
+pub struct RestoreProgress {
+    /// Logical bytes of the disks being restored.
+    pub total: AtomicU64,
+    /// Logical bytes done.
+    pub done: AtomicU64,
+    /// Bytes fetched from the repository.
+    pub fetched: AtomicU64,
+}
+
+/// How to treat an existing target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Allow replacing an existing regular file.
+    pub overwrite: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+/// Figures of a finished restore.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    /// Logical size written.
+    pub logical_bytes: u64,
+    /// Bytes of data chunks written.
+    pub data_bytes: u64,
+    /// Bytes read from the repository.
+    pub fetched_bytes: u64,
+}
+
+/// Reads and decodes a manifest's root.
+pub fn load_root(repo: &Repository, cache: &IndexCache, disk: &SnapshotDisk) -> Result<ManifestRoot> {
+    let id = parse_id(&disk.manifest)?;
+    let plain = read_chunk(repo, cache, &id)?;
+    let root = ManifestRoot::decode(&plain)
+        .map_err(|e| RepoError::corrupt(FileKind::Pack, &format!("(manifest root {id})"), e.0))?;
+    if root.disk_size != disk.size {
+        return Err(RepoError::corrupt(
+            FileKind::Snapshot,
+            &disk.name,
+            format!(
+                "manifest describes {} bytes, the snapshot says {}",
+                root.disk_size, disk.size
+            ),
+        ));
+    }
+    Ok(root)
+}
+
+/// Parses a hex chunk id from a snapshot.
+pub fn parse_id(hex_id: &str) -> Result<ChunkId> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(hex_id, &mut id)
+        .map_err(|_| RepoError::Invalid(format!("malformed chunk id {hex_id:?}")))?;
+    Ok(ChunkId(id))
+}
+
+/// One data entry placed on the disk.
+#[derive(Clone, Copy)]
+struct Placed {
+    offset: u64,
+    len: u32,
+    id: ChunkId,
+}
+
+/// Reads one page's entries with absolute offsets; returns data entries and holes.
+pub fn load_page(
+    repo: &Repository,
+    cache: &IndexCache,
+    root: &ManifestRoot,
+    i: usize,
+) -> Result<Vec<(u64, crate::format::manifest::ManifestEntry)>> {
+    let id = root.pages[i];
+    let plain = read_chunk(repo, cache, &id)?;
+    let entries = decode_page(&plain, root.page_len(i))
+        .map_err(|e| RepoError::corrupt(FileKind::Pack, &format!("(manifest page {id})"), e.0))?;
+    let mut off = i as u64 * root.page_size;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let at = off;
+            off += u64::from(e.len);
+            (at, e)
+        })
+        .collect())
+}
+
+/// The output of a restore: a sparse file or a block device.
+struct Target {
+    file: File,
+    sparse: bool,
+    path: String,
+}
+
+impl Target {
+    fn open(path: &Path, size: u64, opts: &RestoreOptions) -> Result<Self> {
+        let shown = path.display().to_string();
+        let err = |e| RepoError::Target {
+            path: shown.clone(),
+            source: e,
+        };
+        let meta = std::fs::metadata(path);
+        let is_block = meta.as_ref().is_ok_and(|m| m.file_type().is_block_device());
+        if is_block {
+            let file = OpenOptions::new().write(true).open(path).map_err(err)?;
+            let dev_size = vmvault_ingest::block_device_size(&file).map_err(err)?;
+            if dev_size < size {
+                return Err(RepoError::Invalid(format!(
+                    "block device {shown} has {dev_size} bytes, the disk needs {size}"
+                )));
+            }
+            return Ok(Target {
+                file,
+                sparse: false,
+                path: shown,
+            });
+        }
+        if let Ok(m) = &meta {
+            if !m.is_file() {
+                return Err(RepoError::Invalid(format!(
+                    "{shown} exists and is not a regular file or block device"
+                )));
+            }
+            if m.len() > 0 && !opts.overwrite {
+                return Err(RepoError::Invalid(format!(
+                    "{shown} exists; refusing to overwrite it (use --overwrite)"
+                )));
+            }
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(err)?;
+        file.set_len(size).map_err(err)?;
+        Ok(Target {
+            file,
+            sparse: true,
+            path: shown,
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let err = |e| RepoError::Target {
+            path: self.path.clone(),
+            source: e,
+        };
+        if !self.sparse {
+            return self.file.write_all_at(data, offset).map_err(err);
+        }
+        // Leave aligned all-zero blocks as holes; write the rest in runs.
+        let mut run_start: Option<usize> = None;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let boundary = HOLE_BLOCK - ((offset + pos as u64) % HOLE_BLOCK as u64) as usize;
+            let end = (pos + boundary).min(data.len());
+            let zero = end - pos == HOLE_BLOCK && is_zero(&data[pos..end]);
+            match (zero, run_start) {
+                (false, None) => run_start = Some(pos),
+                (true, Some(s)) => {
+                    self.file
+                        .write_all_at(&data[s..pos], offset + s as u64)
+                        .map_err(err)?;
+                    run_start = None;
+                }
+                _ => {}
+            }
+            pos = end;
+        }
+        if let Some(s) = run_start {
+            self.file
+                .write_all_at(&data[s..], offset + s as u64)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
+        if self.sparse {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (1 << 20).min(len as usize)];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write(offset + done, &zeros[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Fetches and writes one batch: groups chunks by pack, coalesces neighbours.
+fn restore_batch(
+    repo: &Repository,
+    cache: &IndexCache,
+    target: &Target,
+    batch: &[Placed],
+    progress: &RestoreProgress,
+) -> Result<u64> {
+    let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkLocation, Placed)>> = BTreeMap::new();
+    for p in batch {
+        let loc = cache.lookup(&p.id)?.ok_or_else(|| RepoError::NotFound {
+            kind: FileKind::Index,
+            name: format!("entry for chunk {} (needed at disk offset {})", p.id, p.offset),
+        })?;
+        by_pack.entry(loc.pack).or_default().push((loc, *p));
+    }
+    let mut written = 0u64;
+    for (pack, mut items) in by_pack {
+        let pack_name = hex::encode(pack);
+        let (salt, _) = cache.pack_info(&pack)?.ok_or_else(|| RepoError::NotFound {
+            kind: FileKind::Index,
+            name: format!("entry for pack {pack_name}"),
+        })?;
+        items.sort_by_key(|(l, _)| l.entry.offset);
+        let mut i = 0;
+        while i < items.len() {
+            // Extend the read while the next blob is close and the read stays bounded.
+            let start = items[i].0.entry.offset;
+            let mut end = items[i].0.entry.end();
+            let mut j = i + 1;
+            while j < items.len() {
+                let e = &items[j].0.entry;
+                if e.offset > end + COALESCE_GAP || e.end().max(end) - start > MAX_READ {
+                    break;
+                }
+                end = end.max(e.end());
+                j += 1;
+            }
+            let range = repo
+                .backend()
+                .get_range(FileKind::Pack, &pack_name, start, end - start)
+                .map_err(|e| io_err(FileKind::Pack, &pack_name, e))?;
+            progress.fetched.fetch_add(end - start, Ordering::Relaxed);
+            for (loc, placed) in &items[i..j] {
+                let from = (loc.entry.offset - start) as usize;
+                let stored = range[from..from + loc.entry.stored_len as usize].to_vec();
+                let plain = decode_blob(repo.keys(), &salt, &pack_name, loc, stored)?;
+                if plain.len() != placed.len as usize {
+                    return Err(RepoError::corrupt(
+                        FileKind::Pack,
+                        &pack_name,
+                        format!("chunk {} has the wrong length for its place", placed.id),
+                    ));
+                }
+                target.write(placed.offset, &plain)?;
+                written += plain.len() as u64;
+                progress
+                    .done
+                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            }
+            i = j;
+        }
+    }
+    Ok(written)
+}
+
+/// Restores one disk of a snapshot to `path` (a new or empty file, an existing file with
+/// `overwrite`, or a block device at least as large as the disk).
+pub fn restore_disk(
+    repo: &Repository,
+    cache: &IndexCache,
+    disk: &SnapshotDisk,
+    path: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreSummary> {
+    let root = load_root(repo, cache, disk)?;
+    let target = Target::open(path, root.disk_size, opts)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let mut summary = RestoreSummary {
+        logical_bytes: root.disk_size,
+        ..Default::default()
+    };
+    for i in 0..root.pages.len() {
+        let entries = load_page(repo, cache, &root, i)?;
+        let mut batches: Vec<Vec<Placed>> = vec![Vec::new()];
+        let mut batch_bytes = 0u64;
+        for (offset, e) in entries {
+            match e.kind {
+                EntryKind::Data(id) => {
+                    if batch_bytes >= BATCH_BYTES {
+                        batches.push(Vec::new());
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += u64::from(e.len);
+                    if let Some(b) = batches.last_mut() {
+                        b.push(Placed {
+                            offset,
+                            len: e.len,
+                            id,
+                        });
+                    }
+                }
+                EntryKind::Zero | EntryKind::Unallocated => {
+                    target.write_zeros(offset, u64::from(e.len))?;
+                    progress.done.fetch_add(u64::from(e.len), Ordering::Relaxed);
+                }
+            }
+        }
+        let written: Result<Vec<u64>> = pool.install(|| {
+            batches
+                .par_iter()
+                .map(|b| restore_batch(repo, cache, &target, b, progress))
+                .collect()
+        });
+        summary.data_bytes += written?.iter().sum::<u64>();
+    }
+    target.file.sync_all().map_err(|e| RepoError::Target {
+        path: target.path.clone(),
+        source: e,
+    })?;
+    summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
+    Ok(summary)
+}
