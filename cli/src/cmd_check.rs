@@ -46,7 +46,10 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<i32> {
             eprintln!("error: {e}");
         }
         if !report.damaged_chunks.is_empty() {
-            eprintln!("damaged or missing chunks: {}", report.damaged_chunks.join(" "));
+            eprintln!(
+                "damaged or missing chunks: {}",
+                report.damaged_chunks.join(" ")
+            );
         }
         if !report.affected_snapshots.is_empty() {
             eprintln!(

@@ -71,7 +71,10 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         (
             p.done.load(Ordering::Relaxed),
             p.total.load(Ordering::Relaxed),
-            format!("fetched {}", human::bytes(p.fetched.load(Ordering::Relaxed))),
+            format!(
+                "fetched {}",
+                human::bytes(p.fetched.load(Ordering::Relaxed))
+            ),
         )
     });
     let started = Instant::now();

@@ -93,7 +93,10 @@ pub fn stats(cli: &Cli) -> Result<i32> {
         println!("allocated data   {:>12}", human::bytes(st.allocated_bytes));
         println!("stored (packs)   {:>12}", human::bytes(st.stored_bytes));
         println!("metadata         {:>12}", human::bytes(st.metadata_bytes));
-        println!("dedup ratio      {:>12.2}x  (allocated / stored)", st.dedup_ratio);
+        println!(
+            "dedup ratio      {:>12.2}x  (allocated / stored)",
+            st.dedup_ratio
+        );
         println!("chunks           {:>12}", st.chunks);
         println!("packs            {:>12}", st.packs);
         println!("index files      {:>12}", st.index_files);

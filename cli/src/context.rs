@@ -104,7 +104,10 @@ pub fn init(cli: &Cli) -> Result<i32> {
             serde_json::json!({"id": repo.config().id, "location": location})
         );
     } else if !cli.quiet {
-        println!("created vmvault repository {} at {location}", repo.config().id);
+        println!(
+            "created vmvault repository {} at {location}",
+            repo.config().id
+        );
         println!("keep the password safe: without it the data cannot be recovered");
     }
     Ok(crate::exit::OK)

@@ -9,6 +9,7 @@ mod cmd_restore;
 mod cmd_snapshots;
 mod context;
 mod demo;
+mod demo_disk;
 mod exit;
 mod human;
 mod progress;
@@ -71,7 +72,11 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }
