@@ -66,7 +66,9 @@ impl ChunkerParams {
             || self.segment_size > 1 << 30
             || self.segment_size % u64::from(self.zero_block) != 0
         {
-            return fail("segment_size must be a multiple of zero_block, at least max_size, at most 1 GiB");
+            return fail(
+                "segment_size must be a multiple of zero_block, at least max_size, at most 1 GiB",
+            );
         }
         if self.zero_run_min < self.zero_block || self.zero_run_min % self.zero_block != 0 {
             return fail("zero_run_min must be a multiple of zero_block");

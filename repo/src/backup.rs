@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-use vmvault_chunker::{ChunkId, Chunker, CutKind, Cut};
+use vmvault_chunker::{ChunkId, Chunker, Cut, CutKind};
 use vmvault_ingest::{ExtentKind, Segment, SequentialDisk};
 
 /// Chunks listed per index file before a new one is started.
@@ -157,7 +157,8 @@ impl Shared<'_> {
             };
             scratch.clear();
             scratch.reserve(zstd::zstd_safe::compress_bound(bytes.len()));
-            let compressed = comp.compress_to_buffer(bytes, scratch).is_ok() && scratch.len() < bytes.len();
+            let compressed =
+                comp.compress_to_buffer(bytes, scratch).is_ok() && scratch.len() < bytes.len();
             let (payload, compression) = if compressed {
                 (&scratch[..], COMPRESSION_ZSTD)
             } else {
@@ -217,7 +218,9 @@ impl Shared<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let stopped = || RepoError::Invalid("pack uploader stopped".into());
-        tx.ok_or_else(stopped)?.send(w.finish()).map_err(|_| stopped())
+        tx.ok_or_else(stopped)?
+            .send(w.finish())
+            .map_err(|_| stopped())
     }
 
     /// Closes the pack channel so the uploader writes the last index file and stops.
@@ -302,7 +305,12 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &[u8]) -> Result<Segment
                         CutKind::Data(id) => {
                             r.chunks += 1;
                             sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
-                            if sh.store_chunk(id, &data[c.start..c.start + c.len], KIND_DATA, slot)? {
+                            if sh.store_chunk(
+                                id,
+                                &data[c.start..c.start + c.len],
+                                KIND_DATA,
+                                slot,
+                            )? {
                                 sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
                             }
                             push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
@@ -450,30 +458,28 @@ fn backup_disk(
     let format = source.format_name().to_string();
     let (root, size, totals) = std::thread::scope(|s| {
         let collector = s.spawn(|| collect(sh, res_rx, segment_size, slot));
-        let read_result: Result<()> = pool.in_place_scope(|scope| {
-            loop {
-                if sh.aborted() {
-                    return Ok(());
-                }
-                let Ok(mut buf) = buf_rx.recv() else {
-                    return Ok(());
-                };
-                let seg = match source.next_segment(segment_size as usize, &mut buf) {
-                    Ok(Some(seg)) => seg,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(RepoError::from(e)),
-                };
-                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
-                scope.spawn(move |_| {
-                    let r = if sh.aborted() {
-                        Err(RepoError::Invalid("backup aborted".into()))
-                    } else {
-                        process_segment(sh, &seg, &buf)
-                    };
-                    let _ = buf_tx.send(buf);
-                    let _ = res_tx.send(r);
-                });
+        let read_result: Result<()> = pool.in_place_scope(|scope| loop {
+            if sh.aborted() {
+                return Ok(());
             }
+            let Ok(mut buf) = buf_rx.recv() else {
+                return Ok(());
+            };
+            let seg = match source.next_segment(segment_size as usize, &mut buf) {
+                Ok(Some(seg)) => seg,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(RepoError::from(e)),
+            };
+            let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
+            scope.spawn(move |_| {
+                let r = if sh.aborted() {
+                    Err(RepoError::Invalid("backup aborted".into()))
+                } else {
+                    process_segment(sh, &seg, &buf)
+                };
+                let _ = buf_tx.send(buf);
+                let _ = res_tx.send(r);
+            });
         });
         if let Err(e) = read_result {
             sh.fail(e);
@@ -555,7 +561,9 @@ pub fn backup(
         }
     }
     if req.vm.is_empty() || req.vm.contains('/') {
-        return Err(RepoError::Invalid("VM name must be non-empty and without '/'".into()));
+        return Err(RepoError::Invalid(
+            "VM name must be non-empty and without '/'".into(),
+        ));
     }
     let threads = if req.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())

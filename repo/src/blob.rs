@@ -51,10 +51,12 @@ pub fn read_chunk(repo: &Repository, cache: &IndexCache, id: &ChunkId) -> Result
         name: format!("entry for chunk {id}"),
     })?;
     let pack_name = hex::encode(loc.pack);
-    let (salt, _) = cache.pack_info(&loc.pack)?.ok_or_else(|| RepoError::NotFound {
-        kind: FileKind::Index,
-        name: format!("entry for pack {pack_name}"),
-    })?;
+    let (salt, _) = cache
+        .pack_info(&loc.pack)?
+        .ok_or_else(|| RepoError::NotFound {
+            kind: FileKind::Index,
+            name: format!("entry for pack {pack_name}"),
+        })?;
     let stored = repo
         .backend()
         .get_range(

@@ -57,8 +57,16 @@ fn decode_location(id: ChunkId, v: &[u8]) -> Option<ChunkLocation> {
     }
     let mut pack = [0u8; 32];
     pack.copy_from_slice(&v[..32]);
-    let u64_at = |i: usize| v.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
-    let u32_at = |i: usize| v.get(i..i + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |i: usize| {
+        v.get(i..i + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let u32_at = |i: usize| {
+        v.get(i..i + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
     Some(ChunkLocation {
         pack,
         entry: PackEntry {
@@ -221,7 +229,10 @@ impl IndexCache {
 
     /// Where a chunk is stored, if any index file lists it.
     pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        let v = self.chunks.get(id.0).map_err(|e| cache_err(&self.path, e))?;
+        let v = self
+            .chunks
+            .get(id.0)
+            .map_err(|e| cache_err(&self.path, e))?;
         match v {
             None => Ok(None),
             Some(v) => decode_location(*id, &v)

@@ -76,7 +76,9 @@ fn verify_pack(
     let n = bytes.len() as u64;
     let mut msgs = Vec::new();
     if object_name(&bytes) != name {
-        msgs.push(format!("pack {name} is damaged: content does not match its name"));
+        msgs.push(format!(
+            "pack {name} is damaged: content does not match its name"
+        ));
     }
     let parsed = (|| -> std::result::Result<([u8; 32], Vec<PackEntry>), String> {
         let salt = decode_prefix(&bytes).map_err(|e| e.0)?;
@@ -245,12 +247,18 @@ pub fn check(
                 let entries = match load_page(repo, cache, &root, i) {
                     Ok(e) => e,
                     Err(e) => {
-                        problem(format!("manifest page {i} unreadable: {e}"), None, &mut report);
+                        problem(
+                            format!("manifest page {i} unreadable: {e}"),
+                            None,
+                            &mut report,
+                        );
                         continue;
                     }
                 };
                 for (offset, e) in entries {
-                    let EntryKind::Data(id) = e.kind else { continue };
+                    let EntryKind::Data(id) = e.kind else {
+                        continue;
+                    };
                     if damaged.contains(&id) {
                         problem(
                             format!("chunk {id} at disk offset {offset} is damaged"),

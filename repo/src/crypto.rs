@@ -144,7 +144,10 @@ impl MasterKeys {
             version: 1,
             created,
             host,
-            kdf: KdfParams { salt: hex::encode(salt), ..kdf },
+            kdf: KdfParams {
+                salt: hex::encode(salt),
+                ..kdf
+            },
             wrapped: hex::encode(wrapped),
         })
     }
@@ -161,7 +164,9 @@ impl MasterKeys {
                 .map_err(|_| CryptoError::Malformed("wrapped keys are not hex".into()))?,
         );
         if wrapped.len() != 12 + WRAPPED_LEN + TAG_LEN {
-            return Err(CryptoError::Malformed("wrapped keys have the wrong length".into()));
+            return Err(CryptoError::Malformed(
+                "wrapped keys have the wrong length".into(),
+            ));
         }
         let kek = kek(password, &key_file.kdf, &salt)?;
         let mut n = [0u8; 12];
@@ -302,7 +307,12 @@ impl PackCipher {
 
     /// Decrypts a blob (`ciphertext || tag`) read from `offset` in place; returns the
     /// plaintext length.
-    pub fn decrypt_blob(&self, offset: u64, id: &ChunkId, buf: &mut [u8]) -> Result<usize, CryptoError> {
+    pub fn decrypt_blob(
+        &self,
+        offset: u64,
+        id: &ChunkId,
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError> {
         open_in_place(&self.0, blob_nonce(offset), &id.0, buf)
     }
 
@@ -335,7 +345,9 @@ mod tests {
     #[test]
     fn wrap_and_unwrap() {
         let k = MasterKeys::generate().unwrap();
-        let kf = k.wrap(b"secret", fast_kdf(), "t".into(), "h".into()).unwrap();
+        let kf = k
+            .wrap(b"secret", fast_kdf(), "t".into(), "h".into())
+            .unwrap();
         let k2 = MasterKeys::unwrap(&kf, b"secret").unwrap();
         assert_eq!(k.chunk_id(b"abc"), k2.chunk_id(b"abc"));
         assert!(matches!(
@@ -384,7 +396,9 @@ mod tests {
         let mut moved = buf.clone();
         assert!(c.decrypt_blob(41, &id, &mut moved).is_err());
         let mut wrong_id = buf.clone();
-        assert!(c.decrypt_blob(40, &k.chunk_id(b"x"), &mut wrong_id).is_err());
+        assert!(c
+            .decrypt_blob(40, &k.chunk_id(b"x"), &mut wrong_id)
+            .is_err());
         let n = c.decrypt_blob(40, &id, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"data");
         let other_pack = k.pack_cipher(&[2; 32]);

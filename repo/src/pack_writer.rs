@@ -55,7 +55,9 @@ impl PackWriter {
         let offset = self.buf.len() as u64;
         let start = self.buf.len();
         self.buf.extend_from_slice(payload);
-        let tag = self.cipher.encrypt_blob(offset, &id, &mut self.buf[start..]);
+        let tag = self
+            .cipher
+            .encrypt_blob(offset, &id, &mut self.buf[start..]);
         self.buf.extend_from_slice(&tag);
         self.entries.push(PackEntry {
             id,

@@ -207,7 +207,11 @@ impl Repository {
             .get(kind, name)
             .map_err(|e| io_err(kind, name, e))?;
         if object_name(&bytes) != name {
-            return Err(RepoError::corrupt(kind, name, "content does not match its name"));
+            return Err(RepoError::corrupt(
+                kind,
+                name,
+                "content does not match its name",
+            ));
         }
         self.keys
             .open_sealed(kind_byte, &bytes)

@@ -63,7 +63,11 @@ pub struct RestoreSummary {
 }
 
 /// Reads and decodes a manifest's root.
-pub fn load_root(repo: &Repository, cache: &IndexCache, disk: &SnapshotDisk) -> Result<ManifestRoot> {
+pub fn load_root(
+    repo: &Repository,
+    cache: &IndexCache,
+    disk: &SnapshotDisk,
+) -> Result<ManifestRoot> {
     let id = parse_id(&disk.manifest)?;
     let plain = read_chunk(repo, cache, &id)?;
     let root = ManifestRoot::decode(&plain)
@@ -237,7 +241,10 @@ fn restore_batch(
     for p in batch {
         let loc = cache.lookup(&p.id)?.ok_or_else(|| RepoError::NotFound {
             kind: FileKind::Index,
-            name: format!("entry for chunk {} (needed at disk offset {})", p.id, p.offset),
+            name: format!(
+                "entry for chunk {} (needed at disk offset {})",
+                p.id, p.offset
+            ),
         })?;
         by_pack.entry(loc.pack).or_default().push((loc, *p));
     }

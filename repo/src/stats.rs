@@ -41,7 +41,11 @@ pub fn stats(repo: &Repository, cache: &IndexCache) -> Result<RepoStats> {
         .map(|k| list(k).map(|v| v.iter().map(|(_, s)| s).sum::<u64>()))
         .sum::<Result<u64>>()?
         + index.iter().map(|(_, s)| s).sum::<u64>();
-    let logical = snaps.iter().flat_map(|(_, s)| &s.disks).map(|d| d.size).sum();
+    let logical = snaps
+        .iter()
+        .flat_map(|(_, s)| &s.disks)
+        .map(|d| d.size)
+        .sum();
     let allocated: u64 = snaps
         .iter()
         .flat_map(|(_, s)| &s.disks)

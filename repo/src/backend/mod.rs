@@ -68,5 +68,8 @@ pub trait Backend: Send + Sync {
 
 /// True for names of the form written by vmvault (64 lowercase hex digits).
 pub fn is_object_name(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

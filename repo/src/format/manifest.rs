@@ -131,7 +131,9 @@ impl ManifestRoot {
         let disk_size = r.u64()?;
         let page_size = r.u64()?;
         if page_size == 0 || page_size > 64 << 30 {
-            return Err(DecodeError::new(format!("page size {page_size} out of range")));
+            return Err(DecodeError::new(format!(
+                "page size {page_size} out of range"
+            )));
         }
         let expected = disk_size.div_ceil(page_size);
         if u64::from(raw_count) != expected {
@@ -140,7 +142,9 @@ impl ManifestRoot {
             )));
         }
         if (raw_count as usize).saturating_mul(32) != r.remaining() {
-            return Err(DecodeError::new("manifest root length does not match its page count"));
+            return Err(DecodeError::new(
+                "manifest root length does not match its page count",
+            ));
         }
         let mut pages = Vec::with_capacity(raw_count as usize);
         for _ in 0..raw_count {

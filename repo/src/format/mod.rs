@@ -5,6 +5,7 @@
 //! panic or allocate more than a small multiple of their input.
 
 pub mod config;
+pub mod fuzzing;
 pub mod index;
 pub mod keyfile;
 pub mod lock;

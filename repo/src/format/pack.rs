@@ -184,7 +184,9 @@ pub fn locate_header(pack_size: u64, trailer: &[u8]) -> Result<(u64, u32), Decod
     a.copy_from_slice(trailer);
     let len = u32::from_le_bytes(a);
     if !(4 + 16..=MAX_HEADER_LEN).contains(&len) {
-        return Err(DecodeError::new(format!("pack header length {len} out of range")));
+        return Err(DecodeError::new(format!(
+            "pack header length {len} out of range"
+        )));
     }
     let start = pack_size
         .checked_sub(PACK_TRAILER_LEN + u64::from(len))

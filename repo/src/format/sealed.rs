@@ -48,7 +48,10 @@ impl SealedHeader {
     /// Parses the header at the start of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < SEALED_HEADER_LEN + 16 {
-            return Err(format!("too short for a sealed object ({} bytes)", bytes.len()));
+            return Err(format!(
+                "too short for a sealed object ({} bytes)",
+                bytes.len()
+            ));
         }
         if &bytes[..4] != MAGIC {
             return Err("not a vmvault object (bad magic)".into());

@@ -61,7 +61,10 @@ impl Snapshot {
         let mut names = std::collections::HashSet::new();
         for d in &s.disks {
             if d.name.is_empty() || d.name.contains('/') || !names.insert(d.name.as_str()) {
-                return Err(DecodeError::new(format!("bad or duplicate disk name {:?}", d.name)));
+                return Err(DecodeError::new(format!(
+                    "bad or duplicate disk name {:?}",
+                    d.name
+                )));
             }
             let id = hex::decode(&d.manifest).ok().filter(|b| b.len() == 32);
             if id.is_none() {

@@ -1,0 +1,255 @@
+//! Fuzz entry points for every decoder in [`crate::format`].
+//!
+//! One function per fuzz target. Each runs the decoder(s) on untrusted bytes and, when a
+//! decode succeeds, checks the invariants the decoder promises and a round-trip property
+//! (decode → encode → decode yields the same value; where the encoding is canonical, the
+//! re-encoding is byte-identical). A violated property panics, which the fuzzer reports
+//! as a crash; a decode error is a normal outcome.
+//!
+//! `fuzz/fuzz_targets/*.rs` call these under libFuzzer, and `repo/tests/fuzz_corpus.rs`
+//! replays the committed corpora through the same functions on stable Rust.
+
+use super::config::Config;
+use super::index::{decode_index, encode_index};
+use super::keyfile::KeyFile;
+use super::lock::LockInfo;
+use super::manifest::{decode_page, encode_page, EntryKind, ManifestRoot};
+use super::pack::{
+    decode_header, decode_prefix, encode_header, locate_header, PackEntry, ENTRY_LEN,
+    MAX_HEADER_LEN, PACK_MAGIC, PACK_PREFIX_LEN, PACK_TRAILER_LEN,
+};
+use super::sealed::{SealedHeader, SEALED_HEADER_LEN};
+use super::snapshot::Snapshot;
+use vmvault_chunker::MAX_CHUNK;
+
+/// Length of an AES-GCM tag, which ends every blob and the pack header.
+const TAG_LEN: usize = 16;
+
+/// Names of all targets, in the order of the functions below; the corpus replay test
+/// iterates over this list so that a new target cannot be left out of CI.
+pub const TARGETS: &[&str] = &[
+    "pack_header",
+    "index",
+    "manifest_page",
+    "manifest_root",
+    "snapshot",
+    "keyfile",
+    "config",
+    "sealed_header",
+    "lock",
+];
+
+/// Runs the target called `name` on `data`; `false` if there is no such target.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match name {
+        "pack_header" => pack_header(data),
+        "index" => index(data),
+        "manifest_page" => manifest_page(data),
+        "manifest_root" => manifest_root(data),
+        "snapshot" => snapshot(data),
+        "keyfile" => keyfile(data),
+        "config" => config(data),
+        "sealed_header" => sealed_header(data),
+        "lock" => lock(data),
+        _ => return false,
+    }
+    true
+}
+
+/// Checks what `decode_header` promises about entries of a header at `header_offset`.
+fn check_tiling(entries: &[PackEntry], header_offset: u64) {
+    let mut expect = PACK_PREFIX_LEN;
+    for e in entries {
+        check_entry(e);
+        assert_eq!(e.offset, expect, "pack entries do not tile");
+        expect = e.offset + u64::from(e.stored_len);
+    }
+    assert_eq!(
+        expect, header_offset,
+        "pack entries do not end at the header"
+    );
+}
+
+/// Per-entry invariants every decoded [`PackEntry`] satisfies.
+fn check_entry(e: &PackEntry) {
+    assert!(e.kind <= 1 && e.compression <= 1);
+    assert!(e.stored_len >= TAG_LEN as u32);
+    assert!(e.raw_len <= MAX_CHUNK);
+    assert!(e.offset >= PACK_PREFIX_LEN);
+    assert!(e.offset.checked_add(u64::from(e.stored_len)).is_some());
+}
+
+/// A whole pack whose header has already been decrypted, laid out as on disk:
+/// `prefix(40) || blobs || header plaintext || tag(16) || u32 L`.
+///
+/// Runs the reader's path of `check`: [`decode_prefix`] on the first 40 bytes,
+/// [`locate_header`] on the last 4 with the input's length as the pack size, then
+/// [`decode_header`] on the header plaintext (the located header minus its tag) with the
+/// header offset the trailer gave. Decoded entries must tile `[40, header offset)` and
+/// re-encode to a header that decodes to the same entries.
+pub fn pack_header(data: &[u8]) {
+    if let Ok(salt) = decode_prefix(data) {
+        assert_eq!(&data[..8], PACK_MAGIC);
+        assert_eq!(&data[8..40], &salt);
+    }
+    let pack_size = data.len() as u64;
+    let trailer = &data[data.len().saturating_sub(PACK_TRAILER_LEN as usize)..];
+    let Ok((start, len)) = locate_header(pack_size, trailer) else {
+        return;
+    };
+    assert!(start >= PACK_PREFIX_LEN);
+    assert!((TAG_LEN as u32 + 4..=MAX_HEADER_LEN).contains(&len));
+    assert_eq!(start + u64::from(len) + PACK_TRAILER_LEN, pack_size);
+    let header = &data[start as usize..start as usize + len as usize];
+    let plain = &header[..header.len() - TAG_LEN];
+    let Ok(entries) = decode_header(plain, start) else {
+        return;
+    };
+    check_tiling(&entries, start);
+    for e in &entries {
+        // Every blob lies inside the bytes before the header.
+        assert!(e.offset + u64::from(e.stored_len) <= start);
+    }
+    let again = encode_header(&entries);
+    assert_eq!(again.len(), plain.len());
+    assert_eq!(again.len(), 4 + entries.len() * ENTRY_LEN);
+    let redecoded = decode_header(&again, start).expect("re-encoded pack header must decode");
+    assert_eq!(redecoded, entries);
+}
+
+/// An index file's plaintext: [`decode_index`]; every blob must lie inside its pack and
+/// the re-encoding must decode to the same packs.
+pub fn index(data: &[u8]) {
+    let Ok(packs) = decode_index(data) else {
+        return;
+    };
+    for p in &packs {
+        for e in &p.entries {
+            check_entry(e);
+            let end = e.offset.checked_add(u64::from(e.stored_len));
+            assert!(end.is_some_and(|end| end <= p.size), "blob beyond its pack");
+        }
+    }
+    let again = encode_index(&packs);
+    assert_eq!(again.len(), data.len());
+    let redecoded = decode_index(&again).expect("re-encoded index must decode");
+    assert_eq!(redecoded, packs);
+}
+
+/// `u64le page_len || page plaintext`: [`decode_page`]. The entries must cover exactly
+/// `page_len` bytes, and the page encoding is canonical, so re-encoding gives the input.
+pub fn manifest_page(data: &[u8]) {
+    let Some((len, plain)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let page_len = u64::from_le_bytes(*len);
+    let Ok(entries) = decode_page(plain, page_len) else {
+        return;
+    };
+    let mut total: u64 = 0;
+    for e in &entries {
+        assert!(e.len > 0);
+        if let EntryKind::Data(_) = e.kind {
+            assert!(e.len <= MAX_CHUNK);
+        }
+        total = total
+            .checked_add(u64::from(e.len))
+            .expect("page length overflows");
+    }
+    assert_eq!(total, page_len);
+    let again = encode_page(&entries);
+    assert_eq!(again, plain, "manifest page re-encodes differently");
+    let redecoded = decode_page(&again, page_len).expect("re-encoded page must decode");
+    assert_eq!(redecoded, entries);
+}
+
+/// A manifest root's plaintext: [`ManifestRoot::decode`]. The pages must cover the disk
+/// exactly, and the root encoding is canonical, so re-encoding gives the input.
+pub fn manifest_root(data: &[u8]) {
+    let Ok(root) = ManifestRoot::decode(data) else {
+        return;
+    };
+    assert!(root.page_size > 0);
+    let mut covered: u64 = 0;
+    for i in 0..root.pages.len() {
+        let len = root.page_len(i);
+        assert!(
+            len > 0 && len <= root.page_size,
+            "empty or oversized page {i}"
+        );
+        covered = covered.checked_add(len).expect("pages overflow the disk");
+    }
+    assert_eq!(covered, root.disk_size, "pages do not cover the disk");
+    let again = root.encode();
+    assert_eq!(again, data, "manifest root re-encodes differently");
+    assert_eq!(ManifestRoot::decode(&again).as_ref(), Ok(&root));
+}
+
+/// A snapshot's JSON: [`Snapshot::decode`]; decoded disks have unique, well-formed names
+/// and 32-byte manifest ids, and the re-encoding decodes to the same snapshot.
+pub fn snapshot(data: &[u8]) {
+    let Ok(snap) = Snapshot::decode(data) else {
+        return;
+    };
+    assert_eq!(snap.version, 1);
+    let mut names = std::collections::HashSet::new();
+    for d in &snap.disks {
+        assert!(!d.name.is_empty() && !d.name.contains('/'));
+        assert!(names.insert(d.name.as_str()), "duplicate disk name");
+        assert!(hex::decode(&d.manifest).is_ok_and(|b| b.len() == 32));
+    }
+    let again = snap.encode();
+    assert_eq!(Snapshot::decode(&again).as_ref(), Ok(&snap));
+}
+
+/// A key file's JSON: [`KeyFile::decode`]; decoded KDF parameters are within the limits
+/// and the re-encoding decodes to the same key file.
+pub fn keyfile(data: &[u8]) {
+    let Ok(key) = KeyFile::decode(data) else {
+        return;
+    };
+    assert_eq!(key.version, 1);
+    assert_eq!(key.kdf.validate(), Ok(()));
+    assert!(key.kdf.memory_kib <= 4 * 1024 * 1024);
+    assert!(key.kdf.iterations <= 64 && key.kdf.parallelism <= 64);
+    let again = key.encode();
+    assert_eq!(KeyFile::decode(&again).as_ref(), Ok(&key));
+}
+
+/// A config's JSON: [`Config::decode`]; a decoded config passes validation (chunker
+/// parameters included) and the re-encoding decodes to the same config.
+pub fn config(data: &[u8]) {
+    let Ok(cfg) = Config::decode(data) else {
+        return;
+    };
+    assert_eq!(cfg.validate(), Ok(()));
+    assert!(cfg.chunker_params().validate().is_ok());
+    assert_eq!(cfg.manifest_page_size % cfg.chunker.segment_size, 0);
+    let again = cfg.encode();
+    assert_eq!(Config::decode(&again).as_ref(), Ok(&cfg));
+}
+
+/// The first bytes of a sealed object: [`SealedHeader::decode`]; re-encoding the header
+/// reproduces the input's first 40 bytes (the reserved byte 7 is written as 0).
+pub fn sealed_header(data: &[u8]) {
+    let Ok(h) = SealedHeader::decode(data) else {
+        return;
+    };
+    assert!(data.len() >= SEALED_HEADER_LEN + TAG_LEN);
+    let again = h.encode();
+    assert_eq!(&again[..7], &data[..7]);
+    assert_eq!(again[7], 0);
+    assert_eq!(&again[8..], &data[8..SEALED_HEADER_LEN]);
+    let mut object = again.to_vec();
+    object.extend_from_slice(&data[SEALED_HEADER_LEN..]);
+    assert_eq!(SealedHeader::decode(&object), Ok(h));
+}
+
+/// A lock's JSON: [`LockInfo::decode`]; the re-encoding decodes to the same lock.
+pub fn lock(data: &[u8]) {
+    let Ok(l) = LockInfo::decode(data) else {
+        return;
+    };
+    let again = l.encode();
+    assert_eq!(LockInfo::decode(&again).as_ref(), Ok(&l));
+}
