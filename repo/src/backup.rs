@@ -120,6 +120,8 @@ struct Shared<'r> {
     error: Mutex<Option<RepoError>>,
     level: i32,
     pack_target: usize,
+    /// Packers `0..data_packers` take data chunks; the one after them takes manifests.
+    data_packers: usize,
 }
 
 impl Shared<'_> {
@@ -186,7 +188,7 @@ impl Shared<'_> {
         payload: &[u8],
     ) -> Result<()> {
         let full = {
-            let mut p = self.packers[slot % self.packers.len()]
+            let mut p = self.packers[slot.min(self.packers.len() - 1)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if p.is_none() {
@@ -273,7 +275,7 @@ fn push_entry(out: &mut Vec<ManifestEntry>, kind: EntryKind, mut len: u64) {
 }
 
 fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &[u8]) -> Result<SegmentResult> {
-    let slot = rayon::current_thread_index().unwrap_or(0);
+    let slot = rayon::current_thread_index().unwrap_or(0) % sh.data_packers;
     let mut r = SegmentResult {
         offset: seg.offset,
         len: seg.len,
@@ -576,22 +578,26 @@ pub fn backup(
         .build()
         .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
     let config = repo.config();
-    let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
+    let data_packers = threads.div_ceil(4);
     let sh = Shared {
         repo,
         cache,
         chunker: repo.keys().chunker(config.chunker_params()),
         pending: PendingSet::default(),
-        // One packer per worker up to 4, plus one for manifests.
-        packers: (0..threads.min(4) + 1).map(|_| Mutex::new(None)).collect(),
+        // One data packer per 4 workers (a packer is locked only to encrypt and append,
+        // a small part of a chunk's work), plus one for manifests. Each holds up to one
+        // pack in memory, so this bounds pack memory independently of the disk.
+        packers: (0..data_packers + 1).map(|_| Mutex::new(None)).collect(),
         pack_tx: Mutex::new(Some(pack_tx)),
         progress,
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         level: config.compression.level,
         pack_target: config.pack_size_target as usize,
+        data_packers,
     };
-    let tree_slot = threads.min(4);
+    let tree_slot = data_packers;
     for d in &req.disks {
         if let Some(s) = d.source.size_hint() {
             progress.total.fetch_add(s, Ordering::Relaxed);

@@ -214,6 +214,10 @@ impl IndexCache {
         self.chunks
             .apply_batch(chunks)
             .map_err(|e| cache_err(&self.path, e))?;
+        // The file is recorded as absorbed only once its entries are durable, so a crash
+        // can never leave the cache claiming an index file whose chunks it lacks.
+        self.chunks.flush().map_err(|e| cache_err(&self.path, e))?;
+        self.packs.flush().map_err(|e| cache_err(&self.path, e))?;
         self.files
             .insert(name.as_bytes(), &[][..])
             .map_err(|e| cache_err(&self.path, e))?;
@@ -268,7 +272,7 @@ impl IndexCache {
 
     /// Flushes to disk so the next process starts from here.
     pub fn flush(&self) -> Result<()> {
-        self.chunks.flush().map_err(|e| cache_err(&self.path, e))?;
+        self.files.flush().map_err(|e| cache_err(&self.path, e))?;
         Ok(())
     }
 }
