@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use serde_json;
@@ -734,41 +735,12 @@ pub fn build_gpt_image(path: &Path, spec: &GptSpec) -> GptImage {
         .tempdir_in(path.parent().unwrap())
         .unwrap();
     let size = spec.size;
-    sh(
-        "truncate",
-        [
-            OsStr::new("-s"),
-            size.to_string().as_ref(),
-            path.as_os_str(),
-        ],
-    );
     let efi_start = MIB;
     let efi_end = efi_start + spec.efi; // exclusive
     let ext_start = efi_end;
     // The backup GPT takes the last 33 sectors; keep the partition 1 MiB aligned.
     let ext_len = (size - 34 * SECTOR - ext_start) / MIB * MIB;
-    sh(
-        "sgdisk",
-        [
-            "-n".to_string(),
-            format!("1:{}:{}", efi_start / SECTOR, efi_end / SECTOR - 1),
-            "-t".into(),
-            "1:ef00".into(),
-            "-c".into(),
-            "1:EFI".into(),
-            "-n".into(),
-            format!(
-                "2:{}:{}",
-                ext_start / SECTOR,
-                (ext_start + ext_len) / SECTOR - 1
-            ),
-            "-t".into(),
-            "2:8300".into(),
-            "-c".into(),
-            "2:root".into(),
-            path.display().to_string(),
-        ],
-    );
+    copy_sparse(&blank_gpt(size, spec.efi, ext_len), path);
 
     // EFI: FAT32 with a few real files.
     let fat = work.path().join("efi.img");
@@ -856,6 +828,72 @@ pub fn build_gpt_image(path: &Path, spec: &GptSpec) -> GptImage {
         efi: (efi_start, spec.efi),
         ext: (ext_start, ext_len),
     }
+}
+
+/// A per-process directory for fixtures that are slow to build; directories of
+/// processes that are gone are removed when the first one is made.
+pub fn fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        let prefix = "vmvault-e2e-fixtures-";
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix(prefix) {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let d = tmp.join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+/// An empty image of `size` bytes with the GPT partition table of [`build_gpt_image`],
+/// made once per process and geometry (`sgdisk` sleeps a second on every run).
+fn blank_gpt(size: u64, efi: u64, ext_len: u64) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let path = fixture_dir().join(format!("gpt-{size}-{efi}-{ext_len}.img"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    sh(
+        "truncate",
+        [OsStr::new("-s"), size.to_string().as_ref(), tmp.as_os_str()],
+    );
+    let efi_start = MIB;
+    let ext_start = efi_start + efi;
+    sh(
+        "sgdisk",
+        [
+            "-n".to_string(),
+            format!("1:{}:{}", efi_start / SECTOR, ext_start / SECTOR - 1),
+            "-t".into(),
+            "1:ef00".into(),
+            "-c".into(),
+            "1:EFI".into(),
+            "-n".into(),
+            format!(
+                "2:{}:{}",
+                ext_start / SECTOR,
+                (ext_start + ext_len) / SECTOR - 1
+            ),
+            "-t".into(),
+            "2:8300".into(),
+            "-c".into(),
+            "2:root".into(),
+            tmp.display().to_string(),
+        ],
+    );
+    std::fs::rename(&tmp, &path).unwrap();
+    path
 }
 
 /// `dd if=FROM of=TO bs=4k seek=OFFSET conv=notrunc,sparse`.
