@@ -109,6 +109,17 @@ impl PackEntry {
         if self.offset < PACK_PREFIX_LEN {
             return Err(DecodeError::new("blob overlaps the pack prefix"));
         }
+        // So that `end()` cannot overflow (and wrap below a pack's size in release builds).
+        if self
+            .offset
+            .checked_add(u64::from(self.stored_len))
+            .is_none()
+        {
+            return Err(DecodeError::new(format!(
+                "blob {} ends past the largest possible offset",
+                self.id
+            )));
+        }
         Ok(())
     }
 
