@@ -53,10 +53,14 @@ impl ChunkerParams {
         if !pow2(u64::from(self.avg_size)) || !(4096..=4 << 20).contains(&self.avg_size) {
             return fail("avg_size must be a power of two between 4 KiB and 4 MiB");
         }
-        if self.min_size < 256 || self.min_size > self.avg_size || self.min_size % 2 != 0 {
+        if self.min_size < 256 || self.min_size > self.avg_size || !self.min_size.is_multiple_of(2)
+        {
             return fail("min_size must be even, at least 256 and at most avg_size");
         }
-        if self.max_size < self.avg_size || self.max_size > MAX_CHUNK || self.max_size % 2 != 0 {
+        if self.max_size < self.avg_size
+            || self.max_size > MAX_CHUNK
+            || !self.max_size.is_multiple_of(2)
+        {
             return fail("max_size must be even, between avg_size and 16 MiB");
         }
         if self.normalization > 3 {
@@ -64,13 +68,14 @@ impl ChunkerParams {
         }
         if self.segment_size < u64::from(self.max_size)
             || self.segment_size > 1 << 30
-            || self.segment_size % u64::from(self.zero_block) != 0
+            || !self.segment_size.is_multiple_of(u64::from(self.zero_block))
         {
             return fail(
                 "segment_size must be a multiple of zero_block, at least max_size, at most 1 GiB",
             );
         }
-        if self.zero_run_min < self.zero_block || self.zero_run_min % self.zero_block != 0 {
+        if self.zero_run_min < self.zero_block || !self.zero_run_min.is_multiple_of(self.zero_block)
+        {
             return fail("zero_run_min must be a multiple of zero_block");
         }
         Ok(())

@@ -235,7 +235,7 @@ pub fn create(path: &Path, size: u64, data_target: u64) -> io::Result<u64> {
 /// first `span` bytes of the root partition, plus a new 4 MiB log file.
 pub fn change(path: &Path, pages: u64, span: u64) -> io::Result<u64> {
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
-    let mut rng = Rng::new(0xc4a9_6e);
+    let mut rng = Rng::new(0x00c4_a96e);
     let root_start = 65u64 << 20;
     for _ in 0..pages {
         let at = root_start + (rng.below(span / 4096) * 4096);

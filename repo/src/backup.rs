@@ -143,12 +143,16 @@ impl Shared<'_> {
             return Ok(false);
         }
         thread_local! {
-            static SCRATCH: RefCell<(Option<(i32, zstd::bulk::Compressor<'static>)>, Vec<u8>)> =
-                const { RefCell::new((None, Vec::new())) };
+            static SCRATCH: RefCell<CompressScratch> = const {
+                RefCell::new(CompressScratch { compressor: None, out: Vec::new() })
+            };
         }
         let stored = SCRATCH.with(|cell| -> Result<usize> {
             let mut guard = cell.borrow_mut();
-            let (comp, scratch) = &mut *guard;
+            let CompressScratch {
+                compressor: comp,
+                out: scratch,
+            } = &mut *guard;
             if comp.as_ref().map(|c| c.0) != Some(self.level) {
                 let c = zstd::bulk::Compressor::new(self.level)
                     .map_err(|e| RepoError::Invalid(format!("zstd: {e}")))?;
@@ -243,6 +247,14 @@ impl Shared<'_> {
         }
         Ok(())
     }
+}
+
+/// Per-thread compression state, reused across chunks.
+struct CompressScratch {
+    /// The level it was made for, and the zstd context.
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    /// Output buffer.
+    out: Vec<u8>,
 }
 
 /// What a worker made of one segment.

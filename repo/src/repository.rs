@@ -19,6 +19,12 @@ pub struct Repository {
     config: Config,
 }
 
+/// A snapshot with its name (id).
+pub type NamedSnapshot = (String, Snapshot);
+
+/// Readable snapshots, oldest first, and the errors of the unreadable ones.
+pub type SnapshotListing = (Vec<NamedSnapshot>, Vec<RepoError>);
+
 /// The current time in FORMAT.md's RFC 3339 form.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
@@ -232,7 +238,7 @@ impl Repository {
 
     /// All snapshots, oldest first. Damaged snapshots are returned as errors beside the
     /// good ones so one bad file does not hide the rest.
-    pub fn list_snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Vec<RepoError>)> {
+    pub fn list_snapshots(&self) -> Result<SnapshotListing> {
         let names = self
             .backend
             .list(FileKind::Snapshot)

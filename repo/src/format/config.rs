@@ -126,7 +126,7 @@ impl Config {
         }
         let seg = self.chunker.segment_size;
         if self.manifest_page_size < seg
-            || self.manifest_page_size % seg != 0
+            || !self.manifest_page_size.is_multiple_of(seg)
             || self.manifest_page_size > 64 << 30
         {
             return Err(DecodeError::new(
