@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of the vmvault CLI on a realistic VM disk image.
+#
+#   1. builds the release binary (and the benches' img_tool);
+#   2. builds a sparse GPT image with mkimage.sh: EFI FAT partition + ext4 partition made
+#      with `mkfs.ext4 -d` from ~DATA_MIB MiB of real installed files, LOGICAL bytes long;
+#   3. times, with /usr/bin/time, page cache dropped before each cold step:
+#        full backup (cold), re-backup of the unchanged disk (cold and warm),
+#        backup after scattered changes (CHANGED_PAGES random 4 KiB page writes and
+#        APPENDED_FILES files appended to inside the ext4 file system), and a restore of
+#        that last snapshot to a file (verified with cmp);
+#   4. measures the machine's bound: single-core `zstd -b3` throughput on the image's
+#      allocated bytes; bound = allocated / (cores x that throughput);
+#   5. repeats the cold full backup on a disk SCALE times larger (logical and allocated:
+#      the extra partitions are byte-substituted copies of the ext4 partition, which
+#      compress alike but share no chunk) to see whether peak RSS stays flat;
+#   6. prints a markdown table and writes e2e.csv / e2e.md to RESULTS.
+#
+# Environment knobs (defaults): DATA_MIB=1024 LOGICAL=8G SCALE=16 CHANGED_PAGES=300
+# APPENDED_FILES=5 WORKROOT=/tmp RESULTS=<repo>/benches/results SKIP_LARGE=0
+# Needs root for dropping the page cache (otherwise every step runs warm and says so).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA_MIB=${DATA_MIB:-1024}
+LOGICAL=${LOGICAL:-8G}
+SCALE=${SCALE:-16}
+CHANGED_PAGES=${CHANGED_PAGES:-300}
+APPENDED_FILES=${APPENDED_FILES:-5}
+WORKROOT=${WORKROOT:-/tmp}
+RESULTS=${RESULTS:-$ROOT/benches/results}
+SKIP_LARGE=${SKIP_LARGE:-0}
+
+for tool in /usr/bin/time zstd jq debugfs sgdisk cmp; do
+    command -v "$tool" >/dev/null || { echo "e2e.sh: $tool is missing" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d "$WORKROOT/vmvault-e2e.XXXXXX")
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "e2e: $*" >&2; }
+
+# --- build --------------------------------------------------------------------------
+log "building release binaries"
+(cd "$ROOT" && cargo build --release --quiet -p vmvault -p vmvault-benches --bins)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+VMVAULT_BIN=$TARGET_DIR/release/vmvault
+IMG_TOOL=$TARGET_DIR/release/img_tool
+CORES=$(nproc)
+
+# --- helpers ------------------------------------------------------------------------
+COLD=yes
+drop_caches() {
+    sync
+    if ! { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+        COLD=no
+    fi
+}
+
+PW=$WORK/password
+echo "e2e-benchmark-password" >"$PW"
+
+# vmv REPO CACHE_DIR ARGS...: the CLI on a repository with its own cache directory.
+vmv() {
+    local repo=$1 cache=$2
+    shift 2
+    "$VMVAULT_BIN" -r "$repo" --password-file "$PW" --cache-dir "$cache" --json "$@"
+}
+
+repo_bytes() { du -sb "$1" | cut -f1; }
+
+CSV=$WORK/e2e.csv
+echo "step,cache,wall_s,user_s,sys_s,peak_rss_kib,logical_bytes,data_bytes,fs_read_bytes,repo_growth_bytes,data_mb_per_s,logical_mb_per_s" >"$CSV"
+
+# measure STEP CACHE(cold|warm) REPO CACHE_DIR KIND(backup|restore) ARGS...: runs
+# `vmvault ARGS` on REPO under /usr/bin/time, appends a CSV row, leaves its JSON output
+# in $WORK/out.json.
+measure() {
+    local step=$1 cache=$2 repo=$3 cache_dir=$4 kind=$5
+    shift 5
+    if [[ $cache == cold ]]; then drop_caches; fi
+    [[ $COLD == yes ]] || cache=warm
+    local before after
+    before=$(repo_bytes "$repo")
+    /usr/bin/time -f '%e %U %S %M %I %O' -o "$WORK/time.txt" \
+        "$VMVAULT_BIN" -r "$repo" --password-file "$PW" --cache-dir "$cache_dir" --json "$@" \
+        >"$WORK/out.json"
+    after=$(repo_bytes "$repo")
+    local wall user sys rss fsin fsout
+    read -r wall user sys rss fsin fsout <"$WORK/time.txt"
+    local logical data
+    if [[ $kind == backup ]]; then
+        logical=$(jq -r .logical_bytes "$WORK/out.json")
+        data=$(jq -r .read_bytes "$WORK/out.json")
+    else
+        logical=$(jq -r '[.disks[].logical_bytes] | add' "$WORK/out.json")
+        data=$(jq -r '[.disks[].data_bytes] | add' "$WORK/out.json")
+    fi
+    local rate lrate
+    rate=$(awk -v d="$data" -v w="$wall" 'BEGIN { printf "%.1f", (w > 0 ? d / w / 1e6 : 0) }')
+    lrate=$(awk -v d="$logical" -v w="$wall" 'BEGIN { printf "%.1f", (w > 0 ? d / w / 1e6 : 0) }')
+    echo "$step,$cache,$wall,$user,$sys,$rss,$logical,$data,$((fsin * 512)),$((after - before)),$rate,$lrate" >>"$CSV"
+    log "$step ($cache): ${wall}s wall, ${user}s user, ${sys}s sys, peak RSS $((rss / 1024)) MiB, data $((data >> 20)) MiB at $rate MB/s, repo +$(((after - before) >> 20)) MiB"
+}
+
+# --- the image ----------------------------------------------------------------------
+IMG=$WORK/disk.img
+log "building a $LOGICAL image with $DATA_MIB MiB of real files"
+eval "$("$ROOT/benches/mkimage.sh" "$IMG" "$LOGICAL" "$DATA_MIB" "$WORK" | tail -1)"
+IMG_LOGICAL=$(stat -c %s "$IMG")
+IMG_ALLOCATED=$(du -B1 "$IMG" | cut -f1)
+
+# --- backups of the base image ------------------------------------------------------
+REPO=$WORK/repo
+CACHE=$WORK/cache
+vmv "$REPO" "$CACHE" init >/dev/null
+measure "full backup" cold "$REPO" "$CACHE" backup backup --vm e2e "$IMG"
+FULL_WALL=$(awk -F, '$1 == "full backup" { print $3 }' "$CSV")
+FULL_RSS=$(awk -F, '$1 == "full backup" { print $6 }' "$CSV")
+measure "re-backup unchanged" cold "$REPO" "$CACHE" backup backup --vm e2e "$IMG"
+measure "re-backup unchanged" warm "$REPO" "$CACHE" backup backup --vm e2e "$IMG"
+
+# Scattered changes: files appended to inside the ext4 file system (rewritten through
+# debugfs, as a guest would), then random page writes anywhere in the allocated data.
+FS="$IMG?offset=$EXT4_OFFSET"
+mapfile -t VICTIMS < <(debugfs -R "ls -p /usr/bin" "$FS" 2>/dev/null |
+    awk -F/ '$3 ~ /^100/ && $7 > 0 { print "/usr/bin/" $6 }' | head -n "$APPENDED_FILES")
+[[ ${#VICTIMS[@]} -gt 0 ]] || { echo "e2e.sh: no files found to append to" >&2; exit 1; }
+CMDS=$WORK/debugfs.cmds
+: >"$CMDS"
+for i in "${!VICTIMS[@]}"; do
+    f=${VICTIMS[$i]}
+    local_copy=$WORK/append.$i
+    debugfs -R "dump $f $local_copy" "$FS" 2>/dev/null
+    seq -f "appended log line %g by the vmvault e2e benchmark" 1 2000 >>"$local_copy"
+    printf 'rm %s\nwrite %s %s\n' "$f" "$local_copy" "$f" >>"$CMDS"
+done
+debugfs -w -f "$CMDS" "$FS" >/dev/null 2>&1
+e2fsck -fn "$FS" >/dev/null 2>&1 || { echo "e2e.sh: e2fsck: the appended-to file system is damaged" >&2; exit 1; }
+rm -f "$WORK"/append.*
+log "appended to ${#VICTIMS[@]} files: ${VICTIMS[*]}"
+# Then page writes anywhere in the allocated data (file data or metadata, as a block
+# device sees guest writes).
+log "writing $CHANGED_PAGES random 4 KiB pages"
+"$IMG_TOOL" scribble "$IMG" "$CHANGED_PAGES" 42 >/dev/null
+measure "backup after changes" cold "$REPO" "$CACHE" backup backup --vm e2e "$IMG"
+
+RESTORED=$WORK/restored.img
+measure "restore last snapshot" cold "$REPO" "$CACHE" restore restore latest --vm e2e --target "$RESTORED"
+log "verifying the restored image"
+cmp "$IMG" "$RESTORED"
+rm -f "$RESTORED"
+
+# --- the machine's bound ------------------------------------------------------------
+ALLOC_FILE=$WORK/allocated.bin
+ALLOCATED=$("$IMG_TOOL" allocated "$IMG" "$ALLOC_FILE")
+zstd_mbps() { # the first "<n> MB/s" of zstd -b's last result line is the compression speed
+    local v
+    v=$(zstd -q -b3 -e3 -T1 -i5 "$@" "$ALLOC_FILE" 2>&1 | tr '\r' '\n' | grep 'MB/s' | tail -1 |
+        awk '{ for (i = 1; i < NF; i++) if ($(i + 1) ~ /^MB\/s/) { print $i; exit } }')
+    [[ $v =~ ^[0-9.]+$ ]] || { echo "e2e.sh: cannot parse zstd -b output" >&2; exit 1; }
+    echo "$v"
+}
+log "measuring single-core zstd -3 throughput on the $((ALLOCATED >> 20)) MiB of allocated data"
+ZSTD_WHOLE=$(zstd_mbps)
+ZSTD_128K=$(zstd_mbps -B131072)
+rm -f "$ALLOC_FILE"
+BOUND=$(awk -v a="$ALLOCATED" -v c="$CORES" -v t="$ZSTD_WHOLE" 'BEGIN { printf "%.2f", a / (c * t * 1e6) }')
+BOUND_128K=$(awk -v a="$ALLOCATED" -v c="$CORES" -v t="$ZSTD_128K" 'BEGIN { printf "%.2f", a / (c * t * 1e6) }')
+RATIO=$(awk -v w="$FULL_WALL" -v b="$BOUND" 'BEGIN { printf "%.2f", w / b }')
+RATIO_128K=$(awk -v w="$FULL_WALL" -v b="$BOUND_128K" 'BEGIN { printf "%.2f", w / b }')
+
+# --- RSS flatness: a disk SCALE times larger ----------------------------------------
+BIG_RSS=""
+BIG_NOTE="skipped (SKIP_LARGE=1)"
+rm -rf "$REPO" "$CACHE"
+if [[ $SKIP_LARGE != 1 ]]; then
+    BIG=$WORK/big.img
+    log "building a disk $SCALE times larger"
+    cp --sparse=always "$IMG" "$BIG"
+    truncate -s $((IMG_LOGICAL * SCALE)) "$BIG"
+    sgdisk -e "$BIG" >/dev/null
+    for ((k = 1; k < SCALE; k++)); do
+        part=$((k + 2))
+        sgdisk -n "$part:0:+$((EXT4_BYTES / 1024))K" -t "$part:8300" "$BIG" >/dev/null
+        first=$(sgdisk -i "$part" "$BIG" | awk '$1 == "First" && $2 == "sector:" { print $3 }')
+        "$IMG_TOOL" replicate "$IMG" "$EXT4_OFFSET" "$EXT4_BYTES" "$BIG" $((first * 512)) "$k" >/dev/null
+    done
+    BIG_LOGICAL=$(stat -c %s "$BIG")
+    BIG_ALLOCATED=$(du -B1 "$BIG" | cut -f1)
+    log "large disk: $((BIG_LOGICAL >> 30)) GiB logical, $((BIG_ALLOCATED >> 20)) MiB allocated"
+    vmv "$WORK/repo-big" "$WORK/cache-big" init >/dev/null
+    measure "full backup ${SCALE}x disk" cold "$WORK/repo-big" "$WORK/cache-big" backup backup --vm e2e-big "$BIG"
+    BIG_RSS=$(awk -F, -v s="full backup ${SCALE}x disk" '$1 == s { print $6 }' "$CSV")
+    BIG_NOTE="$((BIG_LOGICAL >> 30)) GiB logical, $((BIG_ALLOCATED >> 20)) MiB allocated"
+    rm -rf "$BIG" "$WORK/repo-big" "$WORK/cache-big"
+fi
+
+# --- report -------------------------------------------------------------------------
+MD=$WORK/e2e.md
+{
+    echo "vmvault end-to-end benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "machine: $CORES cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "image: $((IMG_LOGICAL >> 30)) GiB logical, $((IMG_ALLOCATED >> 20)) MiB allocated (GPT, EFI FAT32 + ext4 from $DATA_MIB MiB of real files); changes: $CHANGED_PAGES random 4 KiB pages + ${#VICTIMS[@]} files appended"
+    echo
+    echo "| step | cache | wall s | user s | sys s | peak RSS MiB | data | fs reads | repo growth | data MB/s | logical MB/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    tail -n +2 "$CSV" | awk -F, '{
+        printf "| %s | %s | %s | %s | %s | %.0f | %.0f MiB | %.0f MiB | %.1f MiB | %s | %s |\n",
+            $1, $2, $3, $4, $5, $6 / 1024, $8 / 1048576, $9 / 1048576, $10 / 1048576, $11, $12
+    }'
+    echo
+    echo "bound: $((ALLOCATED >> 20)) MiB allocated / ($CORES cores x $ZSTD_WHOLE MB/s single-core zstd -3 on the whole allocated data) = ${BOUND} s; full backup took ${FULL_WALL} s = **${RATIO}x the bound** (target <= 1.5x)"
+    echo "bound with 128 KiB independent blocks (as vmvault compresses): $ZSTD_128K MB/s per core, ${BOUND_128K} s; full backup = ${RATIO_128K}x"
+    if [[ -n $BIG_RSS ]]; then
+        echo "peak RSS: full backup $((FULL_RSS / 1024)) MiB; full backup of the ${SCALE}x disk ($BIG_NOTE) $((BIG_RSS / 1024)) MiB (target <= 150 MB and flat)"
+    else
+        echo "peak RSS: full backup $((FULL_RSS / 1024)) MiB; large disk $BIG_NOTE"
+    fi
+} >"$MD"
+cat "$MD"
+mkdir -p "$RESULTS"
+{
+    cat "$CSV"
+    # The bound as rows of their own: wall_s is the bound, data_mb_per_s all cores' zstd.
+    echo "bound: zstd -3 whole data,n/a,$BOUND,,,,$IMG_LOGICAL,$ALLOCATED,,,$(awk -v t="$ZSTD_WHOLE" -v c="$CORES" 'BEGIN { print t * c }'),"
+    echo "bound: zstd -3 128 KiB blocks,n/a,$BOUND_128K,,,,$IMG_LOGICAL,$ALLOCATED,,,$(awk -v t="$ZSTD_128K" -v c="$CORES" 'BEGIN { print t * c }'),"
+} >"$RESULTS/e2e.csv"
+cp "$MD" "$RESULTS/e2e.md"
+log "wrote $RESULTS/e2e.csv and $RESULTS/e2e.md"
