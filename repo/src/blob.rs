@@ -2,11 +2,55 @@
 
 use crate::backend::FileKind;
 use crate::cache::{ChunkLocation, IndexCache};
-use crate::crypto::{decompress_capped, MasterKeys};
+use crate::crypto::{decompress_capped, MasterKeys, PackCipher};
 use crate::error::{RepoError, Result};
-use crate::format::pack::{COMPRESSION_NONE, COMPRESSION_ZSTD};
+use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
 use crate::repository::{io_err, Repository};
 use vmvault_chunker::{ChunkId, MAX_CHUNK};
+
+/// Authenticates and decodes one blob in place: `stored` (`ciphertext || tag`, read from
+/// `entry.offset` of the pack whose cipher is given) is decrypted where it lies; the
+/// plaintext is returned either as a sub-slice of `stored` or, when compressed, in
+/// `scratch` (reused, never grown beyond the entry's raw length). The length and the chunk
+/// id are checked before the plaintext is returned.
+pub fn open_blob<'a>(
+    keys: &MasterKeys,
+    cipher: &PackCipher,
+    pack_name: &str,
+    e: &PackEntry,
+    stored: &'a mut [u8],
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let bad = |reason: String| RepoError::corrupt(FileKind::Pack, pack_name, reason);
+    let n = cipher
+        .decrypt_blob(e.offset, &e.id, stored)
+        .map_err(|err| bad(format!("chunk {} at offset {}: {err}", e.id, e.offset)))?;
+    let plain: &[u8] = match e.compression {
+        COMPRESSION_NONE => &stored[..n],
+        COMPRESSION_ZSTD => {
+            scratch.clear();
+            scratch.reserve(e.raw_len as usize);
+            decompressor
+                .decompress_to_buffer(&stored[..n], scratch)
+                .map_err(|err| bad(format!("chunk {}: zstd: {err}", e.id)))?;
+            &scratch[..]
+        }
+        c => return Err(bad(format!("chunk {}: unknown compression {c}", e.id))),
+    };
+    if plain.len() != e.raw_len as usize {
+        return Err(bad(format!(
+            "chunk {} has {} bytes, the index says {}",
+            e.id,
+            plain.len(),
+            e.raw_len
+        )));
+    }
+    if keys.chunk_id(plain) != e.id {
+        return Err(bad(format!("chunk {} does not hash to its id", e.id)));
+    }
+    Ok(plain)
+}
 
 /// Decodes one stored blob (`ciphertext || tag`, as read from `entry.offset` of a pack
 /// with `salt`) into its plaintext, checking the tag, the length and the chunk id.

@@ -8,7 +8,7 @@
 //! written either), or are written as zeros on block devices.
 
 use crate::backend::FileKind;
-use crate::blob::{decode_blob, read_chunk};
+use crate::blob::{open_blob, read_chunk};
 use crate::cache::{ChunkLocation, IndexCache};
 use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
@@ -229,6 +229,14 @@ impl Target {
     }
 }
 
+/// Buffers one restore worker reuses for every read, so restoring does not page-fault
+/// fresh memory for each range.
+struct Scratch {
+    range: Vec<u8>,
+    plain: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
 /// Fetches and writes one batch: groups chunks by pack, coalesces neighbours.
 fn restore_batch(
     repo: &Repository,
@@ -236,6 +244,35 @@ fn restore_batch(
     target: &Target,
     batch: &[Placed],
     progress: &RestoreProgress,
+) -> Result<u64> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+    }
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let decompressor = zstd::bulk::Decompressor::new()
+                .map_err(|e| RepoError::Invalid(format!("zstd: {e}")))?;
+            *slot = Some(Scratch {
+                range: Vec::new(),
+                plain: Vec::new(),
+                decompressor,
+            });
+        }
+        match slot.as_mut() {
+            Some(scratch) => restore_batch_with(repo, cache, target, batch, progress, scratch),
+            None => Err(RepoError::Invalid("restore scratch missing".into())),
+        }
+    })
+}
+
+fn restore_batch_with(
+    repo: &Repository,
+    cache: &IndexCache,
+    target: &Target,
+    batch: &[Placed],
+    progress: &RestoreProgress,
+    scratch: &mut Scratch,
 ) -> Result<u64> {
     let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkLocation, Placed)>> = BTreeMap::new();
     for p in batch {
@@ -256,6 +293,7 @@ fn restore_batch(
             name: format!("entry for pack {pack_name}"),
         })?;
         items.sort_by_key(|(l, _)| l.entry.offset);
+        let cipher = repo.keys().pack_cipher(&salt);
         let mut i = 0;
         while i < items.len() {
             // Extend the read while the next blob is close and the read stays bounded.
@@ -270,27 +308,47 @@ fn restore_batch(
                 end = end.max(e.end());
                 j += 1;
             }
-            let range = repo
-                .backend()
-                .get_range(FileKind::Pack, &pack_name, start, end - start)
+            let len = (end - start) as usize;
+            scratch.range.resize(len, 0);
+            repo.backend()
+                .read_range_into(FileKind::Pack, &pack_name, start, &mut scratch.range[..len])
                 .map_err(|e| io_err(FileKind::Pack, &pack_name, e))?;
             progress.fetched.fetch_add(end - start, Ordering::Relaxed);
-            for (loc, placed) in &items[i..j] {
-                let from = (loc.entry.offset - start) as usize;
-                let stored = range[from..from + loc.entry.stored_len as usize].to_vec();
-                let plain = decode_blob(repo.keys(), &salt, &pack_name, loc, stored)?;
-                if plain.len() != placed.len as usize {
-                    return Err(RepoError::corrupt(
-                        FileKind::Pack,
-                        &pack_name,
-                        format!("chunk {} has the wrong length for its place", placed.id),
-                    ));
+            // Items are sorted by blob offset; a chunk used at several disk offsets
+            // appears as a run of equal offsets and is decoded once.
+            let mut k = i;
+            while k < j {
+                let loc = items[k].0;
+                let mut same = k + 1;
+                while same < j && items[same].0.entry.offset == loc.entry.offset {
+                    same += 1;
                 }
-                target.write(placed.offset, &plain)?;
-                written += plain.len() as u64;
-                progress
-                    .done
-                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                let from = (loc.entry.offset - start) as usize;
+                let stored = &mut scratch.range[from..from + loc.entry.stored_len as usize];
+                let plain = open_blob(
+                    repo.keys(),
+                    &cipher,
+                    &pack_name,
+                    &loc.entry,
+                    stored,
+                    &mut scratch.decompressor,
+                    &mut scratch.plain,
+                )?;
+                for (_, placed) in &items[k..same] {
+                    if plain.len() != placed.len as usize {
+                        return Err(RepoError::corrupt(
+                            FileKind::Pack,
+                            &pack_name,
+                            format!("chunk {} has the wrong length for its place", placed.id),
+                        ));
+                    }
+                    target.write(placed.offset, plain)?;
+                    written += plain.len() as u64;
+                    progress
+                        .done
+                        .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                }
+                k = same;
             }
             i = j;
         }

@@ -139,7 +139,7 @@ fn run_backup(
 }
 
 /// A 5 GiB disk (several 1 GiB manifest pages), data near page boundaries, a zero run,
-/// and a chunk repeated within the disk.
+/// and chunks repeated within the disk, near each other and far apart.
 fn sample_disk() -> MemDisk {
     let gib = 1u64 << 30;
     let mut zeroed = noise(3 << 20, 9);
@@ -148,6 +148,8 @@ fn sample_disk() -> MemDisk {
         size: 5 * gib + 12345,
         regions: vec![
             (0, noise(2 << 20, 1)),
+            // The same bytes again 4 MiB later: the same chunks twice in one restore batch.
+            (4 << 20, noise(2 << 20, 1)),
             (gib - (1 << 20), noise(2 << 20, 2)),
             (2 * gib + 4096, zeroed),
             (3 * gib, noise(2 << 20, 1)),

@@ -116,12 +116,14 @@ impl Backend for LocalBackend {
         fs::read(self.path(kind, name)?)
     }
 
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let f = File::open(self.path(kind, name)?)?;
-        let len = usize::try_from(len).map_err(|_| io::Error::from(ErrorKind::InvalidInput))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        File::open(self.path(kind, name)?)?.read_exact_at(buf, offset)
     }
 
     fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>> {

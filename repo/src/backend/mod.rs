@@ -56,8 +56,22 @@ pub trait Backend: Send + Sync {
     /// Reads a whole object.
     fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>>;
 
+    /// Fills `buf` with the bytes at `offset`; fails if the object is shorter.
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()>;
+
     /// Reads `len` bytes at `offset`; fails if the object is shorter.
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut buf = vec![0u8; len];
+        self.read_range_into(kind, name, offset, &mut buf)?;
+        Ok(buf)
+    }
 
     /// Lists the names and sizes of all objects of a kind (not `Config`).
     fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>>;
