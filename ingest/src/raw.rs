@@ -36,6 +36,9 @@ impl RawFile {
                 reason: "not a regular file or block device (use '-' for a stream)".into(),
             });
         };
+        // Reads go front to back: ask for aggressive readahead. Advisory only, so a
+        // failure (e.g. on a filesystem that does not support it) is ignored.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
         Ok(RawFile {
             file,
             path: path.to_path_buf(),
