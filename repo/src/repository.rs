@@ -257,19 +257,19 @@ impl Repository {
 
     /// Resolves a user's snapshot reference: `latest` (newest, of `vm` if given) or a
     /// unique prefix of a snapshot name.
-    pub fn resolve_snapshot(&self, spec: &str, vm: Option<&str>) -> Result<(String, Snapshot)> {
-        let (snaps, _) = self.list_snapshots()?;
-        let candidates: Vec<(String, Snapshot)> = snaps
-            .into_iter()
-            .filter(|(_, s)| vm.is_none_or(|v| s.vm == v))
-            .collect();
+    pub fn resolve_snapshot(&self, spec: &str, vm: Option<&str>) -> Result<NamedSnapshot> {
         if spec == "latest" {
-            return candidates.into_iter().last().ok_or_else(|| {
-                RepoError::SnapshotSelection(match vm {
-                    Some(v) => format!("no snapshot of VM {v:?}"),
-                    None => "the repository has no snapshots".into(),
-                })
-            });
+            let (snaps, _) = self.list_snapshots()?;
+            return snaps
+                .into_iter()
+                .filter(|(_, s)| vm.is_none_or(|v| s.vm == v))
+                .next_back()
+                .ok_or_else(|| {
+                    RepoError::SnapshotSelection(match vm {
+                        Some(v) => format!("no snapshot of VM {v:?}"),
+                        None => "the repository has no snapshots".into(),
+                    })
+                });
         }
         if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RepoError::SnapshotSelection(format!(
@@ -277,18 +277,38 @@ impl Repository {
             )));
         }
         let spec = spec.to_ascii_lowercase();
-        let mut hits: Vec<(String, Snapshot)> = candidates
+        // Match against the file names, so that a damaged snapshot is reported as
+        // damaged rather than as missing.
+        let names = self
+            .backend
+            .list(FileKind::Snapshot)
+            .map_err(|e| io_err(FileKind::Snapshot, "", e))?;
+        let hits: Vec<String> = names
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&spec))
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(&spec))
             .collect();
-        match hits.len() {
-            1 => Ok(hits.remove(0)),
-            0 => Err(RepoError::SnapshotSelection(format!(
-                "no snapshot matches {spec:?}"
-            ))),
-            n => Err(RepoError::SnapshotSelection(format!(
-                "{spec:?} matches {n} snapshots; give more digits"
-            ))),
+        let name = match hits.len() {
+            1 => &hits[0],
+            0 => {
+                return Err(RepoError::SnapshotSelection(format!(
+                    "no snapshot matches {spec:?}"
+                )))
+            }
+            n => {
+                return Err(RepoError::SnapshotSelection(format!(
+                    "{spec:?} matches {n} snapshots; give more digits"
+                )))
+            }
+        };
+        let snap = self.load_snapshot(name)?;
+        if let Some(v) = vm.filter(|v| *v != snap.vm) {
+            return Err(RepoError::SnapshotSelection(format!(
+                "snapshot {} belongs to VM {:?}, not {v:?}",
+                &name[..12],
+                snap.vm
+            )));
         }
+        Ok((name.clone(), snap))
     }
 }
