@@ -262,8 +262,7 @@ impl Repository {
             let (snaps, _) = self.list_snapshots()?;
             return snaps
                 .into_iter()
-                .filter(|(_, s)| vm.is_none_or(|v| s.vm == v))
-                .next_back()
+                .rfind(|(_, s)| vm.is_none_or(|v| s.vm == v))
                 .ok_or_else(|| {
                     RepoError::SnapshotSelection(match vm {
                         Some(v) => format!("no snapshot of VM {v:?}"),
