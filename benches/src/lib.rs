@@ -235,6 +235,18 @@ pub fn scribble_pages(path: &Path, offsets: &[u64], page: usize, rng: &mut Rng) 
     f.sync_all().expect("sync image");
 }
 
+/// CPU time (user + system) this process has used so far, in seconds, from
+/// `/proc/self/stat` (clock ticks of 1/100 s, as on every common Linux build). Wall time
+/// on a shared machine depends on the neighbours; CPU time much less.
+pub fn cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Formats a byte count with binary units.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vmvault_benches::{
-    backup_image, data_extents, dir_bytes, dir_files, human_bytes, init_repo, random_pages,
-    scribble_pages, temp_cache, Rng,
+    backup_image, cpu_seconds, data_extents, dir_bytes, dir_files, human_bytes, init_repo,
+    random_pages, scribble_pages, temp_cache, Rng,
 };
 use vmvault_chunker::ChunkerParams;
 
@@ -111,9 +111,10 @@ struct Row {
     entries_per_gib: f64,
     repo_bytes: u64,
     backup_secs: f64,
+    backup_cpu: f64,
     backup_mbps: f64,
-    /// (N, repo growth, new chunks, seconds) per change count.
-    changes: Vec<(usize, u64, u64, f64)>,
+    /// (N, repo growth, new chunks, seconds, CPU seconds) per change count.
+    changes: Vec<(usize, u64, u64, f64, f64)>,
 }
 
 fn main() {
@@ -173,9 +174,10 @@ fn main() {
         let repo_dir = tmp.path().join(format!("repo-{avg_kib}k"));
         let repo = init_repo(&repo_dir, ChunkerParams::with_avg(avg_kib << 10));
         let cache = temp_cache(&repo);
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_seconds());
         let s = backup_image(&repo, &cache, &work, "curve", args.threads);
         let secs = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
         let index_dir = repo_dir.join("index");
         let data_bytes = s.read_bytes - s.zero_bytes;
         let mut row = Row {
@@ -189,30 +191,31 @@ fn main() {
                 / (s.read_bytes as f64 / f64::from(1 << 30)),
             repo_bytes: dir_bytes(&repo_dir),
             backup_secs: secs,
+            backup_cpu: cpu,
             backup_mbps: s.read_bytes as f64 / secs / 1e6,
             changes: Vec::new(),
         };
         eprintln!(
-            "avg {avg_kib} KiB: {} chunks (mean {}), repo {}, {:.1} s",
+            "avg {avg_kib} KiB: {} chunks (mean {}), repo {}, {secs:.1} s ({cpu:.1} s CPU)",
             row.chunks,
             human_bytes(row.mean_chunk),
             human_bytes(row.repo_bytes),
-            secs
         );
         for (n, pages, orig, seed) in &change_sets {
             let mut rng = Rng::new(*seed);
             scribble_pages(&work, pages, 4096, &mut rng);
             let before = dir_bytes(&repo_dir);
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), cpu_seconds());
             let s2 = backup_image(&repo, &cache, &work, "curve", args.threads);
             let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu;
             let growth = dir_bytes(&repo_dir) - before;
             eprintln!(
-                "  {n} pages changed: +{} ({} new chunks), {secs:.1} s",
+                "  {n} pages changed: +{} ({} new chunks), {secs:.1} s ({cpu:.1} s CPU)",
                 human_bytes(growth),
                 s2.new_chunks
             );
-            row.changes.push((*n, growth, s2.new_chunks, secs));
+            row.changes.push((*n, growth, s2.new_chunks, secs, cpu));
             // Put the original pages back.
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -234,7 +237,7 @@ fn main() {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Image: {} logical, {} allocated; threads: {}.\n",
+        "Image: {} logical, {} allocated; threads: {}; load average at the end: {}.\n",
         human_bytes(logical),
         human_bytes(allocated),
         if args.threads == 0 {
@@ -244,21 +247,30 @@ fn main() {
             )
         } else {
             args.threads.to_string()
-        }
+        },
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let mut head = String::from(
-        "| avg | chunks | mean chunk | index files | index bytes | index entries/GiB | repo after 1st backup | 1st backup MB/s |",
+        "| avg | chunks | mean chunk | index files | index bytes | index entries/GiB | repo after 1st backup | 1st backup MB/s | 1st backup CPU s |",
     );
-    let mut rule = String::from("|---|---|---|---|---|---|---|---|");
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|");
     for n in &args.changes {
-        let _ = write!(head, " growth {n}×4K | ×changed | 2nd backup s ({n}) |");
-        rule.push_str("---|---|---|");
+        let _ = write!(
+            head,
+            " growth {n}×4K | ×changed | 2nd backup s ({n}) | CPU s ({n}) |"
+        );
+        rule.push_str("---|---|---|---|");
     }
     let _ = writeln!(md, "{head}\n{rule}");
     for r in &rows {
         let _ = write!(
             md,
-            "| {} KiB | {} | {} | {} | {} | {:.0} | {} | {:.0} |",
+            "| {} KiB | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.1} |",
             r.avg_kib,
             r.chunks,
             human_bytes(r.mean_chunk),
@@ -266,15 +278,17 @@ fn main() {
             human_bytes(r.index_bytes),
             r.entries_per_gib,
             human_bytes(r.repo_bytes),
-            r.backup_mbps
+            r.backup_mbps,
+            r.backup_cpu
         );
-        for (n, growth, _, secs) in &r.changes {
+        for (n, growth, _, secs, cpu) in &r.changes {
             let _ = write!(
                 md,
-                " {} | {:.1} | {:.2} |",
+                " {} | {:.1} | {:.2} | {:.1} |",
                 human_bytes(*growth),
                 *growth as f64 / (*n as f64 * 4096.0),
-                secs
+                secs,
+                cpu
             );
         }
         md.push('\n');
@@ -284,7 +298,7 @@ fn main() {
     // CSV.
     let mut csv = String::from(
         "avg_kib,chunks,mean_chunk_bytes,index_files,index_bytes,index_entries,index_entries_per_gib,\
-         repo_bytes_after_first,first_backup_secs,first_backup_mb_per_s,allocated_bytes,logical_bytes",
+         repo_bytes_after_first,first_backup_secs,first_backup_cpu_secs,first_backup_mb_per_s,allocated_bytes,logical_bytes",
     );
     for n in &args.changes {
         let _ = write!(
@@ -296,7 +310,7 @@ fn main() {
     for r in &rows {
         let _ = write!(
             csv,
-            "{},{},{},{},{},{},{:.1},{},{:.3},{:.1},{},{}",
+            "{},{},{},{},{},{},{:.1},{},{:.3},{:.2},{:.1},{},{}",
             r.avg_kib,
             r.chunks,
             r.mean_chunk,
@@ -306,12 +320,13 @@ fn main() {
             r.entries_per_gib,
             r.repo_bytes,
             r.backup_secs,
+            r.backup_cpu,
             r.backup_mbps,
             allocated,
             logical
         );
-        for (_, growth, new_chunks, secs) in &r.changes {
-            let _ = write!(csv, ",{growth},{new_chunks},{secs:.3}");
+        for (_, growth, new_chunks, secs, cpu) in &r.changes {
+            let _ = write!(csv, ",{growth},{new_chunks},{secs:.3},{cpu:.2}");
         }
         csv.push('\n');
     }
