@@ -117,3 +117,74 @@ fn same_data_from_two_vms_at_once_and_a_restore_and_check_alongside() {
     }
     v.check_ok(true);
 }
+
+/// Another process holding the cache (here `flock`, as sled does) must make vmvault use
+/// a private cache, not delete the one in use.
+#[test]
+fn a_cache_in_use_by_another_process_is_left_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let v = Vault::init();
+    let img = vm_image(&v, "held.img", 96, 4 * MIB);
+    v.backup("held", &[&img]);
+    // The cache's sled database: CACHE/<repo id>/index.sled/db.
+    let mut dbs = Vec::new();
+    for e in std::fs::read_dir(&v.cache).unwrap().flatten() {
+        let db = e.path().join("index.sled").join("db");
+        if db.is_file() {
+            dbs.push(db);
+        }
+    }
+    assert_eq!(
+        dbs.len(),
+        1,
+        "expected one sled database in the cache: {dbs:?}"
+    );
+    let db = dbs.remove(0);
+    let dir = db.parent().unwrap().to_path_buf();
+    let inode = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let (db_ino, dir_ino) = (inode(&db), inode(&dir));
+
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&db)
+        .args(["sleep", "120"])
+        .spawn()
+        .expect("flock");
+    // Wait until the lock is held.
+    let t = std::time::Instant::now();
+    loop {
+        let free = std::process::Command::new("flock")
+            .args(["-n", "-x"])
+            .arg(&db)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        if !free {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "flock never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut rng = Rng::new(97);
+    write_random(&img, 100 * MIB, MIB, &mut rng);
+    let o = v.run(&["--json", "backup", "--vm", "held", s(&img)]);
+    let out = v.path("held.raw");
+    let r = v.run(&["restore", "latest", "--target", s(&out)]);
+    let still_there = (inode(&db), inode(&dir));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    o.assert_ok();
+    r.assert_ok();
+    assert_same(&img, &out);
+    assert_eq!(
+        still_there,
+        (db_ino, dir_ino),
+        "vmvault deleted and recreated a cache that another process held"
+    );
+    v.check_ok(false);
+}
