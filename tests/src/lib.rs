@@ -559,15 +559,6 @@ pub fn copy_sparse(from: &Path, to: &Path) {
     );
 }
 
-/// Makes a file writable (some repositories store objects read-only) and returns it.
-pub fn make_writable(p: &Path) -> &Path {
-    use std::os::unix::fs::PermissionsExt;
-    let mut perm = std::fs::metadata(p).unwrap().permissions();
-    perm.set_mode(perm.mode() | 0o200);
-    std::fs::set_permissions(p, perm).unwrap();
-    p
-}
-
 // ---------------------------------------------------------------------------------------
 // Deterministic pseudo-random data
 // ---------------------------------------------------------------------------------------

@@ -86,3 +86,32 @@ fn scattered_writes_and_cloned_vm_dedup() {
     );
     v.check_ok(true);
 }
+
+#[test]
+fn chunking_does_not_depend_on_thread_count() {
+    let v = Vault::init();
+    let img = v.path("t.img");
+    build_gpt_image(
+        &img,
+        &GptSpec {
+            size: 128 * MIB,
+            efi: 8 * MIB,
+            ext_dirs: vec!["/usr/lib/python3.11/asyncio".into(), "/etc".into()],
+            random_bytes: 16 * MIB,
+            seed: 42,
+        },
+    );
+    let b1 = v.backup_with("t", &[&img], &["--threads", "1"]);
+    for threads in ["2", "3", "8"] {
+        let b = v.backup_with("t", &[&img], &["--threads", threads]);
+        assert_eq!(b["new_chunks"], 0, "--threads {threads}: {b}");
+        assert_eq!(b["chunks"], b1["chunks"], "--threads {threads}: {b}");
+        assert_eq!(
+            b["disks"][0]["manifest"], b1["disks"][0]["manifest"],
+            "--threads {threads} gives another manifest"
+        );
+    }
+    let out = v.path("t.raw");
+    v.restore("latest", &out, &["--threads", "1"]);
+    assert_same(&img, &out);
+}

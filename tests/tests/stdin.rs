@@ -207,6 +207,11 @@ fn duplicate_or_bad_disk_and_vm_names_are_refused() {
     o.assert_no_panic();
     assert_ne!(o.code, 0, "an empty VM name was accepted");
     assert!(v.repo_files("snapshots").is_empty());
+    // A directory is not a disk.
+    let d = v.path("a-directory");
+    std::fs::create_dir(&d).unwrap();
+    let o = v.run(&["backup", "--vm", "x", s(&d)]);
+    o.assert_fails(exit::FAILURE, &[s(&d)]);
     // A path that does not exist is named.
     let o = v.run(&["backup", "--vm", "x", "/nonexistent/disk.img"]);
     o.assert_fails(exit::FAILURE, &["/nonexistent/disk.img"]);
