@@ -5,6 +5,14 @@
 //! compare what comes back with `cmp` and `qemu-img compare`. Every test gets its own
 //! temporary directory holding the repository, the cache and its images ([`Vault`]), so
 //! tests never touch `~/.cache` and can run in parallel.
+//!
+//! Run: `cargo build --release -p vmvault && cargo test --release -p vmvault-tests`
+//! (`--no-fail-fast` to see every failing file). `VMVAULT_BIN` overrides the binary;
+//! `VMVAULT_TEST_SEED` replays the randomised tests (their seed is printed). Every
+//! command run is logged to stderr with its duration and exit code, which the test
+//! harness shows for failing tests (or with `--nocapture`). Needs `sgdisk`, `mkfs.ext4`,
+//! `mkfs.vfat`, mtools, `qemu-img`, `cmp`, `flock`; `losetup` (root) for block devices,
+//! skipped with a note without it.
 
 use serde_json::Value;
 use std::ffi::OsStr;
