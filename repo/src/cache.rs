@@ -80,14 +80,16 @@ fn decode_location(id: ChunkId, v: &[u8]) -> Option<ChunkLocation> {
     })
 }
 
-/// Is a sled open error the lock held by another process?
-fn is_lock_error(e: &sled::Error) -> bool {
-    match e {
-        sled::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11)
-        }
-        _ => false,
-    }
+/// True when another process holds the sled database at `path` (sled takes an exclusive
+/// `flock` on `path/db`). Probed with our own non-blocking `flock` rather than by
+/// matching sled's error text.
+fn held_by_another_process(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path.join("db")) else {
+        return false;
+    };
+    let probe = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+    // Dropping `f` releases our probe lock if we got it.
+    matches!(probe, Err(e) if e == rustix::io::Errno::WOULDBLOCK)
 }
 
 impl IndexCache {
@@ -120,7 +122,8 @@ impl IndexCache {
         }
         match Self::config(path).open() {
             Ok(db) => Self::from_db(db, path),
-            Err(e) if is_lock_error(&e) => Self::temporary(),
+            // Another vmvault process uses it: work with a private one for this run.
+            Err(_) if held_by_another_process(path) => Self::temporary(),
             Err(_) => {
                 // A damaged cache is rebuilt from the repository.
                 std::fs::remove_dir_all(path).map_err(|e| cache_err(path, e))?;
