@@ -12,7 +12,10 @@ use vmvault_repo::Repository;
 /// The backend for `--repo`.
 pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
     let Some(repo) = cli.repo.as_deref() else {
-        bail!("no repository given: use -r/--repo or set VMVAULT_REPOSITORY");
+        return Err(crate::exit::UsageError(
+            "no repository given: use -r/--repo or set VMVAULT_REPOSITORY".into(),
+        )
+        .into());
     };
     let path = repo.strip_prefix("file://").unwrap_or(repo);
     if path.contains("://") {

@@ -17,8 +17,23 @@ pub const LOCKED: i32 = 11;
 /// Wrong password.
 pub const WRONG_PASSWORD: i32 = 12;
 
+/// A command-line mistake detected after parsing (exit code [`USAGE`]).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Maps an error to its exit code by the repository error inside it, if any.
 pub fn code_for(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        return USAGE;
+    }
     match e.downcast_ref::<RepoError>() {
         Some(RepoError::NoRepository(_)) => NO_REPOSITORY,
         Some(RepoError::Locked(_)) => LOCKED,

@@ -115,7 +115,16 @@ impl Repository {
         let config_bytes = match backend.get(FileKind::Config, "") {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(RepoError::NoRepository(backend.location()))
+                // Key files without a config: a damaged repository, not a missing one.
+                let has_keys = backend.list(FileKind::Key).is_ok_and(|k| !k.is_empty());
+                return Err(if has_keys {
+                    RepoError::NotFound {
+                        kind: FileKind::Config,
+                        name: "file".into(),
+                    }
+                } else {
+                    RepoError::NoRepository(backend.location())
+                });
             }
             Err(e) => return Err(io_err(FileKind::Config, "config", e)),
         };

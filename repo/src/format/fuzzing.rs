@@ -8,6 +8,11 @@
 //!
 //! `fuzz/fuzz_targets/*.rs` call these under libFuzzer, and `repo/tests/fuzz_corpus.rs`
 //! replays the committed corpora through the same functions on stable Rust.
+//!
+//! Both install [`CountingAlloc`] as their global allocator; every target then also checks
+//! that decoding `n` bytes never has more than [`ALLOC_FACTOR`]` × n + `[`ALLOC_SLACK`]
+//! bytes allocated at once, which libFuzzer's absolute `-malloc_limit_mb` cannot see on
+//! small inputs. Without that allocator the check is skipped ([`counting_active`]).
 
 use super::config::Config;
 use super::index::{decode_index, encode_index};
@@ -20,6 +25,8 @@ use super::pack::{
 };
 use super::sealed::{SealedHeader, SEALED_HEADER_LEN};
 use super::snapshot::Snapshot;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use vmvault_chunker::MAX_CHUNK;
 
 /// Length of an AES-GCM tag, which ends every blob and the pack header.
@@ -56,6 +63,97 @@ pub fn run(name: &str, data: &[u8]) -> bool {
     true
 }
 
+/// Allowed peak of live heap bytes per input byte while a target runs.
+pub const ALLOC_FACTOR: usize = 32;
+/// Allowed peak of live heap bytes independent of the input's length (error messages,
+/// serde_json's scratch space, the harness's own re-encodings of tiny inputs).
+pub const ALLOC_SLACK: usize = 64 << 10;
+
+thread_local! {
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc(n: usize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get().saturating_add(n);
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+fn note_free(n: usize) {
+    let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(n)));
+}
+
+/// The system allocator, counting the bytes each thread has live and their peak.
+/// Install it with `#[global_allocator]` in a fuzz target or test binary.
+pub struct CountingAlloc;
+
+// SAFETY: every call is forwarded unchanged to `System`; the bookkeeping only touches
+// const-initialised thread-locals without destructors, which never allocate.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            note_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            note_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) };
+        note_free(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            // Counted as a copy: old and new block are both live for a moment.
+            note_alloc(new_size);
+            note_free(layout.size());
+        }
+        p
+    }
+}
+
+/// Whether [`CountingAlloc`] is this binary's global allocator.
+pub fn counting_active() -> bool {
+    PEAK.set(0);
+    LIVE.set(0);
+    drop(std::hint::black_box(vec![0u8; 64]));
+    PEAK.get() >= 64
+}
+
+/// Runs `f` (a decode of `data`) and checks its peak of live heap bytes.
+fn bounded(data: &[u8], f: impl FnOnce(&[u8])) {
+    LIVE.set(0);
+    PEAK.set(0);
+    f(data);
+    let peak = PEAK.get();
+    let limit = data
+        .len()
+        .saturating_mul(ALLOC_FACTOR)
+        .saturating_add(ALLOC_SLACK);
+    assert!(
+        peak <= limit,
+        "decoding {} bytes had {peak} bytes allocated at once (limit {limit})",
+        data.len()
+    );
+}
+
 /// Checks what `decode_header` promises about entries of a header at `header_offset`.
 fn check_tiling(entries: &[PackEntry], header_offset: u64) {
     let mut expect = PACK_PREFIX_LEN;
@@ -88,6 +186,10 @@ fn check_entry(e: &PackEntry) {
 /// header offset the trailer gave. Decoded entries must tile `[40, header offset)` and
 /// re-encode to a header that decodes to the same entries.
 pub fn pack_header(data: &[u8]) {
+    bounded(data, pack_header_inner);
+}
+
+fn pack_header_inner(data: &[u8]) {
     if let Ok(salt) = decode_prefix(data) {
         assert_eq!(&data[..8], PACK_MAGIC);
         assert_eq!(&data[8..40], &salt);
@@ -120,6 +222,10 @@ pub fn pack_header(data: &[u8]) {
 /// An index file's plaintext: [`decode_index`]; every blob must lie inside its pack and
 /// the re-encoding must decode to the same packs.
 pub fn index(data: &[u8]) {
+    bounded(data, index_inner);
+}
+
+fn index_inner(data: &[u8]) {
     let Ok(packs) = decode_index(data) else {
         return;
     };
@@ -139,6 +245,10 @@ pub fn index(data: &[u8]) {
 /// `u64le page_len || page plaintext`: [`decode_page`]. The entries must cover exactly
 /// `page_len` bytes, and the page encoding is canonical, so re-encoding gives the input.
 pub fn manifest_page(data: &[u8]) {
+    bounded(data, manifest_page_inner);
+}
+
+fn manifest_page_inner(data: &[u8]) {
     let Some((len, plain)) = data.split_first_chunk::<8>() else {
         return;
     };
@@ -166,6 +276,10 @@ pub fn manifest_page(data: &[u8]) {
 /// A manifest root's plaintext: [`ManifestRoot::decode`]. The pages must cover the disk
 /// exactly, and the root encoding is canonical, so re-encoding gives the input.
 pub fn manifest_root(data: &[u8]) {
+    bounded(data, manifest_root_inner);
+}
+
+fn manifest_root_inner(data: &[u8]) {
     let Ok(root) = ManifestRoot::decode(data) else {
         return;
     };
@@ -188,6 +302,10 @@ pub fn manifest_root(data: &[u8]) {
 /// A snapshot's JSON: [`Snapshot::decode`]; decoded disks have unique, well-formed names
 /// and 32-byte manifest ids, and the re-encoding decodes to the same snapshot.
 pub fn snapshot(data: &[u8]) {
+    bounded(data, snapshot_inner);
+}
+
+fn snapshot_inner(data: &[u8]) {
     let Ok(snap) = Snapshot::decode(data) else {
         return;
     };
@@ -205,6 +323,10 @@ pub fn snapshot(data: &[u8]) {
 /// A key file's JSON: [`KeyFile::decode`]; decoded KDF parameters are within the limits
 /// and the re-encoding decodes to the same key file.
 pub fn keyfile(data: &[u8]) {
+    bounded(data, keyfile_inner);
+}
+
+fn keyfile_inner(data: &[u8]) {
     let Ok(key) = KeyFile::decode(data) else {
         return;
     };
@@ -219,6 +341,10 @@ pub fn keyfile(data: &[u8]) {
 /// A config's JSON: [`Config::decode`]; a decoded config passes validation (chunker
 /// parameters included) and the re-encoding decodes to the same config.
 pub fn config(data: &[u8]) {
+    bounded(data, config_inner);
+}
+
+fn config_inner(data: &[u8]) {
     let Ok(cfg) = Config::decode(data) else {
         return;
     };
@@ -232,6 +358,10 @@ pub fn config(data: &[u8]) {
 /// The first bytes of a sealed object: [`SealedHeader::decode`]; re-encoding the header
 /// reproduces the input's first 40 bytes (the reserved byte 7 is written as 0).
 pub fn sealed_header(data: &[u8]) {
+    bounded(data, sealed_header_inner);
+}
+
+fn sealed_header_inner(data: &[u8]) {
     let Ok(h) = SealedHeader::decode(data) else {
         return;
     };
@@ -247,6 +377,10 @@ pub fn sealed_header(data: &[u8]) {
 
 /// A lock's JSON: [`LockInfo::decode`]; the re-encoding decodes to the same lock.
 pub fn lock(data: &[u8]) {
+    bounded(data, lock_inner);
+}
+
+fn lock_inner(data: &[u8]) {
     let Ok(l) = LockInfo::decode(data) else {
         return;
     };
