@@ -440,3 +440,46 @@ fn repository_from_environment_and_password_file() {
     c.env_remove("VMVAULT_PASSWORD").arg("snapshots");
     run_command(c, std::process::Stdio::null()).assert_fails(exit::FAILURE, &["password"]);
 }
+
+#[test]
+fn unusual_vm_disk_and_tag_names_round_trip() {
+    let v = Vault::init();
+    let a = small_disk(&v, "a.img", 140);
+    let b = small_disk(&v, "b.img", 141);
+    let vm = "web 01 · prod (ü)";
+    let (da, db) = ("disk #1 with spaces", "диск-2.qcow");
+    let s1 = v.backup_with(
+        vm,
+        &[&a, &b],
+        &[
+            "--disk-name",
+            da,
+            "--disk-name",
+            db,
+            "--tag",
+            "a tag, with comma",
+            "--tag",
+            "ünï",
+        ],
+    );
+    assert_eq!(s1["vm"], vm);
+    let list = v.json(&["snapshots", "--vm", vm]);
+    let snap = &list[0];
+    assert_eq!(snap["vm"], vm);
+    assert_eq!(
+        snap["tags"],
+        serde_json::json!(["a tag, with comma", "ünï"])
+    );
+    assert_eq!(snap["disks"][0]["name"], da);
+    assert_eq!(snap["disks"][1]["name"], db);
+    let dir = v.path("out");
+    v.restore("latest", &dir, &["--vm", vm]);
+    assert_same(&a, &dir.join(format!("{da}.raw")));
+    assert_same(&b, &dir.join(format!("{db}.raw")));
+    let one = v.path("one.raw");
+    v.restore("latest", &one, &["--vm", vm, "--disk", db]);
+    assert_same(&b, &one);
+    // The human listing shows the VM.
+    let o = v.ok(&["snapshots"]);
+    assert!(o.stdout.contains("web 01"), "{}", o.stdout);
+}

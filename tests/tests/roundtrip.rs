@@ -98,6 +98,21 @@ fn mostly_sparse_4gib_image_round_trips_and_stays_sparse() {
     let b2 = v.backup("big", &[&img]);
     assert_eq!(b2["new_chunks"], 0, "{b2}");
     assert!(b2["new_bytes"].as_u64().unwrap() < MIB, "{b2}");
+
+    // One changed 4 KiB block in the fourth GiB costs a chunk and a manifest page.
+    dd_random_block(&img, g.size - 3 * MIB);
+    let b3 = v.backup("big", &[&img]);
+    assert!(
+        b3["new_bytes"].as_u64().unwrap() < 2 * MIB,
+        "one changed block in a 4 GiB disk: {b3}"
+    );
+    let out3 = v.path("big3.raw");
+    v.restore(b3["id"].as_str().unwrap(), &out3, &[]);
+    assert_same(&img, &out3);
+    // The first snapshot still has the old block.
+    std::fs::remove_file(&out3).unwrap();
+    v.restore(b["id"].as_str().unwrap(), &out3, &[]);
+    assert_same(&out, &out3);
 }
 
 #[test]
