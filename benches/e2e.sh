@@ -8,7 +8,7 @@
 #        full backup (cold), re-backup of the unchanged disk (cold and warm),
 #        backup after scattered changes (CHANGED_PAGES random 4 KiB page writes and
 #        APPENDED_FILES files appended to inside the ext4 file system), and a restore of
-#        that last snapshot to a file (verified with cmp);
+#        that last snapshot to a file (verified with cmp), and to tmpfs if it has room;
 #   4. measures the machine's bound: single-core `zstd -b3` throughput on the image's
 #      allocated bytes; bound = allocated / (cores x that throughput);
 #   5. repeats the cold full backup on a disk SCALE times larger (logical and allocated:
@@ -172,10 +172,27 @@ measure "restore last snapshot" cold "$REPO" "$CACHE" restore restore latest --v
 log "verifying the restored image"
 cmp "$IMG" "$RESTORED"
 rm -f "$RESTORED"
+# The same restore into tmpfs, when there is room: without the target disk's write
+# bandwidth as the limit, this shows what the restore path itself can do.
+SHM_FREE=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -n 1 || echo 0)
+if [[ $SHM_FREE =~ ^[0-9]+$ ]] && ((SHM_FREE > 2 * IMG_ALLOCATED)); then
+    SHM=$(mktemp -d /dev/shm/vmvault-e2e.XXXXXX)
+    trap 'rm -rf "$WORK" "$SHM"' EXIT
+    measure "restore to tmpfs" cold "$REPO" "$CACHE" restore restore latest --vm e2e --target "$SHM/restored.img"
+    cmp "$IMG" "$SHM/restored.img"
+    rm -rf "$SHM"
+fi
 
 # --- the machine's bound ------------------------------------------------------------
 ALLOC_FILE=$WORK/allocated.bin
 ALLOCATED=$("$IMG_TOOL" allocated "$IMG" "$ALLOC_FILE")
+# The storage's own speeds, for the restore and cold re-backup rows: a cold sequential
+# read of the allocated data and a 1 GiB sequential write with fdatasync.
+dd_mbps() { tr '\r' '\n' | grep -E 'copied' | tail -1 | awk '{ v = $(NF - 1); u = $NF; if (u ~ /^GB/) v *= 1000; if (u ~ /^kB/) v /= 1000; print v }'; }
+drop_caches
+DISK_READ=$(dd if="$ALLOC_FILE" of=/dev/null bs=4M 2>&1 | dd_mbps)
+DISK_WRITE=$(dd if=/dev/zero of="$WORK/dd.bin" bs=4M count=256 conv=fdatasync 2>&1 | dd_mbps)
+rm -f "$WORK/dd.bin"
 zstd_mbps() { # the first "<n> MB/s" of zstd -b's last result line is the compression speed
     local v
     v=$(zstd -q -b3 -e3 -T1 -i5 "$@" "$ALLOC_FILE" 2>&1 | tr '\r' '\n' | grep 'MB/s' | tail -1 |
@@ -240,6 +257,7 @@ MD=$WORK/e2e.md
     echo
     echo "bound: $((ALLOCATED >> 20)) MiB allocated / ($CORES cores x $ZSTD_WHOLE MB/s single-core zstd -3 on the whole allocated data) = ${BOUND} s; full backup took ${FULL_WALL} s = **${RATIO}x the bound** (target <= 1.5x)"
     echo "bound with 128 KiB independent blocks (as vmvault compresses): $ZSTD_128K MB/s per core, ${BOUND_128K} s; full backup = ${RATIO_128K}x"
+    echo "storage: cold sequential read $DISK_READ MB/s, sequential write + fdatasync $DISK_WRITE MB/s (dd)"
     echo "CPU time: full backup ${FULL_CPU} s (user + sys) vs ${ZSTD_CPU} s for \`zstd -3 -T1\` of the same allocated data: $(awk -v a="$FULL_CPU" -v b="$ZSTD_CPU" 'BEGIN { printf "%.2f", a / b }')x; with perfect use of $CORES cores the wall-time ratio to the bound would be the same"
     if [[ -n $BIG_RSS ]]; then
         echo "peak RSS: full backup $((FULL_RSS / 1024)) MiB (after the first second: $((FULL_STEADY / 1024)) MiB); full backup of the ${SCALE}x disk ($BIG_NOTE) $((BIG_RSS / 1024)) MiB (target <= 150 MB and flat); RSS traces in e2e_rss_full.csv and e2e_rss_${SCALE}x.csv"
@@ -255,6 +273,8 @@ mkdir -p "$RESULTS"
     echo "bound: zstd -3 whole data,n/a,$BOUND,,,,,$IMG_LOGICAL,$ALLOCATED,,,$(awk -v t="$ZSTD_WHOLE" -v c="$CORES" 'BEGIN { print t * c }'),"
     echo "bound: zstd -3 128 KiB blocks,n/a,$BOUND_128K,,,,,$IMG_LOGICAL,$ALLOCATED,,,$(awk -v t="$ZSTD_128K" -v c="$CORES" 'BEGIN { print t * c }'),"
     echo "zstd -3 -T1 CPU seconds on the allocated data,n/a,,$ZSTD_CPU,,,,$IMG_LOGICAL,$ALLOCATED,,,,"
+    echo "dd cold sequential read,n/a,,,,,,,,,,$DISK_READ,"
+    echo "dd sequential write + fdatasync,n/a,,,,,,,,,,$DISK_WRITE,"
 } >"$RESULTS/e2e.csv"
 cp "$MD" "$RESULTS/e2e.md"
 cp "$WORK/rss_full.csv" "$RESULTS/e2e_rss_full.csv"
