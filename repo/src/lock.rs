@@ -41,7 +41,7 @@ pub fn lock<'r>(repo: &'r Repository, operation: &str, exclusive: bool) -> Resul
         }
         if info.exclusive || exclusive {
             return Err(RepoError::Locked(format!(
-                "{} lock held by {} (pid {} on {}, since {}); if that process is gone, run `vmvault unlock`",
+                "{} lock held by {} (pid {} on {}, since {}); if that process is no longer running, delete locks/{name} in the repository",
                 if info.exclusive { "an exclusive" } else { "a shared" },
                 info.operation,
                 info.pid,
