@@ -2,7 +2,12 @@
 //! installed files, with a few holes and zero runs) is backed up once into a temporary
 //! repository; each iteration restores it with `restore::restore_disk` to a file,
 //! including the final fsync the restore does. Throughput is the logical disk size.
+//! `VMVAULT_BENCH_CLOCK=cpu` measures the process's CPU time (all restore threads)
+//! instead of wall time.
 
+mod common;
+
+use common::Clock;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use vmvault_repo::restore::{restore_disk, RestoreOptions, RestoreProgress};
 
 const DISK: u64 = 64 << 20;
 
-fn bench_restore(c: &mut Criterion) {
+fn bench_restore(c: &mut Criterion<Clock>) {
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join("disk.img");
     // 56 MiB of file data in 7 MiB runs separated by 1 MiB holes, and a 1 MiB zero run.
@@ -57,6 +62,7 @@ fn bench_restore(c: &mut Criterion) {
 criterion_group! {
     name = restore;
     config = Criterion::default()
+        .with_measurement(Clock::from_env(true))
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));

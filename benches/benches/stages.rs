@@ -9,7 +9,13 @@
 //! - `zstd3`: zstd level 3 on 128 KiB chunks (a reused bulk compressor, as the backup);
 //! - `aes256gcm`: `PackCipher::encrypt_blob` on 128 KiB chunks;
 //! - `pack_write`: `PackWriter::add` of 16 MiB of compressed chunks, then `finish`.
+//!
+//! `VMVAULT_BENCH_CLOCK=cpu` measures the calling thread's CPU time instead of wall time
+//! (see `common/mod.rs`); every bench here is single-threaded.
 
+mod common;
+
+use common::Clock;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
@@ -23,14 +29,15 @@ const SPLIT_BYTES: usize = 64 << 20;
 /// Bytes per iteration of the per-chunk benches: 128 chunks of 128 KiB.
 const BATCH_BYTES: usize = 16 << 20;
 
-fn config() -> Criterion {
+fn config() -> Criterion<Clock> {
     Criterion::default()
+        .with_measurement(Clock::from_env(false))
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
 }
 
-fn bench_chunker(c: &mut Criterion) {
+fn bench_chunker(c: &mut Criterion<Clock>) {
     let data = realistic_data(SPLIT_BYTES);
     let keys = MasterKeys::generate().unwrap();
     let params = ChunkerParams::default_v1();
@@ -74,7 +81,7 @@ fn chunks_of(data: &[u8]) -> Vec<&[u8]> {
     data.chunks_exact(CHUNK).collect()
 }
 
-fn bench_hash(c: &mut Criterion) {
+fn bench_hash(c: &mut Criterion<Clock>) {
     let data = realistic_data(BATCH_BYTES);
     let keys = MasterKeys::generate().unwrap();
     let mut g = c.benchmark_group("blake3_keyed");
@@ -89,7 +96,7 @@ fn bench_hash(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_zstd(c: &mut Criterion) {
+fn bench_zstd(c: &mut Criterion<Clock>) {
     let data = realistic_data(BATCH_BYTES);
     let mut comp = zstd::bulk::Compressor::new(3).unwrap();
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(CHUNK));
@@ -117,7 +124,7 @@ fn bench_zstd(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_aes(c: &mut Criterion) {
+fn bench_aes(c: &mut Criterion<Clock>) {
     let mut data = realistic_data(BATCH_BYTES);
     let keys = MasterKeys::generate().unwrap();
     let cipher = keys.pack_cipher(&[7u8; 32]);
@@ -134,7 +141,7 @@ fn bench_aes(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_pack(c: &mut Criterion) {
+fn bench_pack(c: &mut Criterion<Clock>) {
     // Compressed 128 KiB chunks of realistic data until they fill one 16 MiB pack, as
     // the backup pipeline hands them to the pack writer.
     let data = realistic_data(64 << 20);
