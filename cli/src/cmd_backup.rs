@@ -1,7 +1,7 @@
 //! `vmvault backup`.
 
 use crate::{context, human, progress, Cli};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -45,17 +45,27 @@ fn default_disk_name(path: &str) -> String {
         .unwrap_or_else(|| path.replace('/', "_"))
 }
 
-fn open_inputs(a: &BackupArgs) -> Result<Vec<DiskInput>> {
+/// Checks the arguments that need no repository, so a typo fails at once (exit 2).
+fn validate(a: &BackupArgs) -> Result<()> {
+    let usage = |m: String| Err(crate::exit::UsageError(m).into());
     if a.disk_names.len() > a.paths.len() {
-        bail!(
+        return usage(format!(
             "{} --disk-name given for {} path(s)",
             a.disk_names.len(),
             a.paths.len()
-        );
+        ));
     }
-    if a.paths.iter().filter(|p| *p == "-").count() > 1 {
-        bail!("standard input ('-') can be given only once");
+    let stdin_count = a.paths.iter().filter(|p| *p == "-").count();
+    if stdin_count > 1 {
+        return usage("standard input ('-') can be given only once".into());
     }
+    if a.size.is_some() && stdin_count == 0 {
+        return usage("--size applies only to a disk read from standard input ('-')".into());
+    }
+    Ok(())
+}
+
+fn open_inputs(a: &BackupArgs) -> Result<Vec<DiskInput>> {
     let mut inputs = Vec::new();
     for (i, path) in a.paths.iter().enumerate() {
         let name = a
@@ -89,8 +99,9 @@ fn open_inputs(a: &BackupArgs) -> Result<Vec<DiskInput>> {
 
 /// Runs `vmvault backup`.
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
-    let repo = context::open(cli)?;
+    validate(a)?;
     let inputs = open_inputs(a)?;
+    let repo = context::open(cli)?;
     let _lock = vmvault_repo::lock::lock(&repo, "backup", false).map_err(|e| anyhow!(e))?;
     let cache = context::cache(cli, &repo)?;
     let progress = Arc::new(Progress::default());

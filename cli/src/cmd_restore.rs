@@ -24,7 +24,7 @@ pub struct RestoreArgs {
     /// (each disk becomes DIR/<disk>.raw).
     #[arg(long)]
     pub target: PathBuf,
-    /// Replace an existing non-empty target file.
+    /// Replace an existing non-empty target file, or write onto a block device.
     #[arg(long)]
     pub overwrite: bool,
     /// Worker threads (default: one per core).
@@ -56,7 +56,9 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         bail!("snapshot {} has no disks", &id[..12]);
     }
     // One disk goes to the target itself unless the target is a directory.
-    let into_dir = disks.len() > 1 || a.target.is_dir();
+    let into_dir = disks.len() > 1
+        || a.target.is_dir()
+        || a.target.as_os_str().as_encoded_bytes().ends_with(b"/");
     if into_dir {
         std::fs::create_dir_all(&a.target)
             .with_context(|| format!("cannot create directory {}", a.target.display()))?;

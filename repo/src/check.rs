@@ -176,7 +176,7 @@ pub fn check(
     for name in packs.keys() {
         if !listed.contains_key(name) {
             report.warnings.push(format!(
-                "pack {name} is not listed by any index file (left by an interrupted backup; prune reclaims it)"
+                "pack {name} is not listed by any index file: an interrupted backup leaves such packs, but if snapshots report chunks missing from the index, an index file was lost and this pack may hold them (rebuild the index before pruning)"
             ));
         }
     }

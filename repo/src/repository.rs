@@ -81,7 +81,7 @@ impl Repository {
             if e.kind() == ErrorKind::AlreadyExists {
                 RepoError::AlreadyExists(backend.location())
             } else {
-                io_err(FileKind::Config, "", e)
+                io_err(FileKind::Config, "file", e)
             }
         })?;
         let keys = MasterKeys::generate().map_err(|e| RepoError::Invalid(e.to_string()))?;
@@ -101,7 +101,7 @@ impl Repository {
             .map_err(|e| RepoError::Invalid(e.to_string()))?;
         backend
             .put(FileKind::Config, "", &sealed)
-            .map_err(|e| io_err(FileKind::Config, "", e))?;
+            .map_err(|e| io_err(FileKind::Config, "file", e))?;
         Ok(Repository {
             backend,
             keys,
@@ -126,7 +126,7 @@ impl Repository {
                     RepoError::NoRepository(backend.location())
                 });
             }
-            Err(e) => return Err(io_err(FileKind::Config, "config", e)),
+            Err(e) => return Err(io_err(FileKind::Config, "file", e)),
         };
         let key_names = backend
             .list(FileKind::Key)
@@ -177,9 +177,9 @@ impl Repository {
         };
         let plain = keys
             .open_sealed(KIND_CONFIG, &config_bytes)
-            .map_err(|e| crypto_err(FileKind::Config, "config", e))?;
+            .map_err(|e| crypto_err(FileKind::Config, "file", e))?;
         let config = Config::decode(&plain)
-            .map_err(|e| RepoError::corrupt(FileKind::Config, "config", e.to_string()))?;
+            .map_err(|e| RepoError::corrupt(FileKind::Config, "file", e.to_string()))?;
         Ok(Repository {
             backend,
             keys,

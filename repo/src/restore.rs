@@ -45,7 +45,7 @@ pub struct RestoreProgress {
 /// How to treat an existing target.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
-    /// Allow replacing an existing regular file.
+    /// Allow replacing an existing non-empty file or writing onto a block device.
     pub overwrite: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
@@ -140,6 +140,11 @@ impl Target {
         let meta = std::fs::metadata(path);
         let is_block = meta.as_ref().is_ok_and(|m| m.file_type().is_block_device());
         if is_block {
+            if !opts.overwrite {
+                return Err(RepoError::Invalid(format!(
+                    "{shown} is a block device; writing onto it replaces its contents (use --overwrite)"
+                )));
+            }
             let file = OpenOptions::new().write(true).open(path).map_err(err)?;
             let dev_size = vmvault_ingest::block_device_size(&file).map_err(err)?;
             if dev_size < size {

@@ -45,7 +45,14 @@ fn loop_device_backs_up_and_restores_to_file_and_device() {
     let Some(dst) = LoopDev::attach(&back) else {
         return;
     };
-    v.restore("latest", &dst.dev, &[]);
+    // Writing onto a device replaces it, so it takes --overwrite; without, it is refused
+    // and the device untouched.
+    let o = v.run(&["restore", "latest", "--target", dst.dev.to_str().unwrap()]);
+    o.assert_fails(exit::FAILURE, &["--overwrite"]);
+    let garbage = v.path("garbage-expect.img");
+    random_file(&garbage, g.size, 77);
+    assert_same(&garbage, &dst.dev);
+    v.restore("latest", &dst.dev, &["--overwrite"]);
     assert_same(&img, &dst.dev);
     drop(dst);
     assert_same(&img, &back);
@@ -56,7 +63,13 @@ fn loop_device_backs_up_and_restores_to_file_and_device() {
     let Some(tiny) = LoopDev::attach(&small) else {
         return;
     };
-    let o = v.run(&["restore", "latest", "--target", tiny.dev.to_str().unwrap()]);
+    let o = v.run(&[
+        "restore",
+        "latest",
+        "--overwrite",
+        "--target",
+        tiny.dev.to_str().unwrap(),
+    ]);
     o.assert_fails(exit::FAILURE, &[tiny.dev.to_str().unwrap()]);
     drop(tiny);
     // ... and left untouched.
