@@ -40,6 +40,7 @@ fn bench_restore(c: &mut Criterion<Clock>) {
     let opts = RestoreOptions {
         overwrite: true,
         threads: 0,
+        cancel: None,
     };
 
     let mut g = c.benchmark_group("restore");

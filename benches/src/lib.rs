@@ -108,6 +108,7 @@ pub fn backup_image(
             source: Box::new(Sequential::new(raw)),
         }],
         threads,
+        cancel: None,
     };
     backup(repo, cache, req, &Progress::default()).expect("backup")
 }

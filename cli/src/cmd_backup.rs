@@ -129,6 +129,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         tags: a.tags.clone(),
         disks: inputs,
         threads: a.threads,
+        cancel: Some(crate::cancel_flag().clone()),
     };
     let result = backup(&repo, &cache, req, &progress);
     drop(ticker);

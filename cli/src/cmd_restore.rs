@@ -83,6 +83,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     let opts = RestoreOptions {
         overwrite: a.overwrite,
         threads: a.threads,
+        cancel: Some(crate::cancel_flag().clone()),
     };
     let mut results = Vec::new();
     for d in &disks {

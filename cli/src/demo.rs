@@ -43,6 +43,7 @@ fn backup_once(repo: &Repository, cache: &IndexCache, disk: &Path) -> Result<Bac
             source: Box::new(source),
         }],
         threads: 0,
+        cancel: Some(crate::cancel_flag().clone()),
     };
     Ok(backup(repo, cache, req, &Progress::default())?)
 }

@@ -16,6 +16,8 @@ pub const NO_REPOSITORY: i32 = 10;
 pub const LOCKED: i32 = 11;
 /// Wrong password.
 pub const WRONG_PASSWORD: i32 = 12;
+/// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: i32 = 130;
 
 /// A command-line mistake detected after parsing (exit code [`USAGE`]).
 #[derive(Debug)]
@@ -38,6 +40,7 @@ pub fn code_for(e: &anyhow::Error) -> i32 {
         Some(RepoError::NoRepository(_)) => NO_REPOSITORY,
         Some(RepoError::Locked(_)) => LOCKED,
         Some(RepoError::WrongPassword { .. }) => WRONG_PASSWORD,
+        Some(RepoError::Interrupted) => INTERRUPTED,
         _ => FAILURE,
     }
 }

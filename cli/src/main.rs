@@ -81,8 +81,31 @@ fn fix_malloc_mmap_threshold() {
     }
 }
 
+/// Set by the first SIGINT/SIGTERM; long operations poll it and stop cleanly (their
+/// locks are released, nothing half-done is committed). A second signal exits at once.
+pub fn cancel_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicBool> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    FLAG.get_or_init(Default::default)
+}
+
+fn install_signal_handler() {
+    use std::sync::atomic::Ordering;
+    let flag = cancel_flag().clone();
+    let result = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(exit::INTERRUPTED);
+        }
+        eprintln!("\nvmvault: interrupted, stopping (press Ctrl-C again to quit at once)");
+    });
+    if let Err(e) = result {
+        eprintln!("vmvault: warning: cannot install the interrupt handler: {e}");
+    }
+}
+
 fn main() {
     fix_malloc_mmap_threshold();
+    install_signal_handler();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmvault_chunker::{ChunkId, Chunker, Cut, CutKind};
 use vmvault_ingest::{ExtentKind, Segment, SequentialDisk};
@@ -74,6 +74,8 @@ pub struct BackupRequest {
     pub disks: Vec<DiskInput>,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// Set from outside (a signal handler) to stop the backup; nothing is committed.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// The result of a successful backup.
@@ -117,6 +119,7 @@ struct Shared<'r> {
     pack_tx: Mutex<Option<Sender<FinishedPack>>>,
     progress: &'r Progress,
     abort: AtomicBool,
+    cancel: Option<Arc<AtomicBool>>,
     error: Mutex<Option<RepoError>>,
     level: i32,
     pack_target: usize,
@@ -134,6 +137,13 @@ impl Shared<'_> {
     }
 
     fn aborted(&self) -> bool {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            self.fail(RepoError::Interrupted);
+        }
         self.abort.load(Ordering::Relaxed)
     }
 
@@ -604,6 +614,7 @@ pub fn backup(
         pack_tx: Mutex::new(Some(pack_tx)),
         progress,
         abort: AtomicBool::new(false),
+        cancel: req.cancel.clone(),
         error: Mutex::new(None),
         level: config.compression.level,
         pack_target: config.pack_size_target as usize,

@@ -67,6 +67,9 @@ pub enum RepoError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The operation was cancelled (Ctrl-C, SIGTERM).
+    #[error("interrupted")]
+    Interrupted,
     /// The caller asked for something that cannot be done.
     #[error("{0}")]
     Invalid(String),

@@ -43,12 +43,14 @@ pub struct RestoreProgress {
 }
 
 /// How to treat an existing target.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Allow replacing an existing non-empty file or writing onto a block device.
     pub overwrite: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// Set from outside (a signal handler) to stop the restore.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Figures of a finished restore.
@@ -412,10 +414,20 @@ pub fn restore_disk(
                 }
             }
         }
+        let cancelled = || {
+            opts.cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+        };
         let written: Result<Vec<u64>> = pool.install(|| {
             batches
                 .par_iter()
-                .map(|b| restore_batch(repo, cache, &target, b, progress))
+                .map(|b| {
+                    if cancelled() {
+                        return Err(RepoError::Interrupted);
+                    }
+                    restore_batch(repo, cache, &target, b, progress)
+                })
                 .collect()
         });
         summary.data_bytes += written?.iter().sum::<u64>();

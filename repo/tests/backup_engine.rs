@@ -134,6 +134,7 @@ fn run_backup(
             source: Box::new(Sequential::new(disk)),
         }],
         threads,
+        cancel: None,
     };
     backup(repo, cache, req, &Progress::default()).map(|s| s.snapshot)
 }
