@@ -1,5 +1,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vmvault_repo::format::fuzzing;
 
-fuzz_target!(|data: &[u8]| vmvault_repo::format::fuzzing::index(data));
+#[global_allocator]
+static ALLOC: fuzzing::CountingAlloc = fuzzing::CountingAlloc;
+
+fuzz_target!(|data: &[u8]| fuzzing::index(data));

@@ -1,5 +1,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vmvault_repo::format::fuzzing;
 
-fuzz_target!(|data: &[u8]| vmvault_repo::format::fuzzing::lock(data));
+#[global_allocator]
+static ALLOC: fuzzing::CountingAlloc = fuzzing::CountingAlloc;
+
+fuzz_target!(|data: &[u8]| fuzzing::lock(data));

@@ -12,6 +12,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use vmvault_repo::format::fuzzing;
 
+// Lets every target check its peak allocation against the input's length, as under
+// libFuzzer.
+#[global_allocator]
+static ALLOC: fuzzing::CountingAlloc = fuzzing::CountingAlloc;
+
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
@@ -38,6 +43,7 @@ fn replay(target: &str) {
         corpus.display()
     );
     inputs.extend(files_in(&fuzz_dir().join("regressions").join(target)).unwrap_or_default());
+    assert!(fuzzing::counting_active(), "allocation counting is off");
     let mut failed = Vec::new();
     for path in &inputs {
         let data = std::fs::read(path).expect("readable corpus file");
