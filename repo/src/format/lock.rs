@@ -23,7 +23,15 @@ pub struct LockInfo {
 impl LockInfo {
     /// Parses a decrypted lock.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::new(format!("bad lock: {e}")))
+        let l: LockInfo = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(format!("bad lock: {e}")))?;
+        if l.version != 1 {
+            return Err(DecodeError::new(format!(
+                "unsupported lock version {}",
+                l.version
+            )));
+        }
+        Ok(l)
     }
 
     /// Serialises as JSON.

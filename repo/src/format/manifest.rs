@@ -74,6 +74,9 @@ pub fn decode_page(plain: &[u8], page_len: u64) -> Result<Vec<ManifestEntry>, De
                 }
                 EntryKind::Data(ChunkId(r.array32()?))
             }
+            1 | 2 if len > MAX_RUN => {
+                return Err(DecodeError::new(format!("zero run of {len} bytes")))
+            }
             1 => EntryKind::Zero,
             2 => EntryKind::Unallocated,
             k => return Err(DecodeError::new(format!("unknown manifest entry kind {k}"))),

@@ -72,7 +72,12 @@ impl PackEntry {
             kind: r.u8()?,
             compression: r.u8()?,
         };
-        let _reserved = r.u16()?;
+        if r.u16()? != 0 {
+            return Err(DecodeError::new(format!(
+                "blob {} has non-zero reserved bytes",
+                e.id
+            )));
+        }
         e.check()?;
         Ok(e)
     }
