@@ -1,12 +1,12 @@
 //! Reading blobs back: fetch, authenticate, decompress and verify the chunk id.
 
 use crate::backend::FileKind;
-use crate::cache::{ChunkLocation, IndexCache};
-use crate::crypto::{decompress_capped, MasterKeys, PackCipher};
+use crate::cache::IndexCache;
+use crate::crypto::{MasterKeys, PackCipher};
 use crate::error::{RepoError, Result};
 use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
 use crate::repository::{io_err, Repository};
-use vmvault_chunker::{ChunkId, MAX_CHUNK};
+use vmvault_chunker::ChunkId;
 
 /// Authenticates and decodes one blob in place: `stored` (`ciphertext || tag`, read from
 /// `entry.offset` of the pack whose cipher is given) is decrypted where it lies; the
@@ -52,40 +52,9 @@ pub fn open_blob<'a>(
     Ok(plain)
 }
 
-/// Decodes one stored blob (`ciphertext || tag`, as read from `entry.offset` of a pack
-/// with `salt`) into its plaintext, checking the tag, the length and the chunk id.
-pub fn decode_blob(
-    keys: &MasterKeys,
-    salt: &[u8; 32],
-    pack_name: &str,
-    loc: &ChunkLocation,
-    mut stored: Vec<u8>,
-) -> Result<Vec<u8>> {
-    let e = &loc.entry;
-    let bad = |reason: String| RepoError::corrupt(FileKind::Pack, pack_name, reason);
-    let n = keys
-        .pack_cipher(salt)
-        .decrypt_blob(e.offset, &e.id, &mut stored)
-        .map_err(|err| bad(format!("chunk {} at offset {}: {err}", e.id, e.offset)))?;
-    stored.truncate(n);
-    let plain = match e.compression {
-        COMPRESSION_NONE => stored,
-        COMPRESSION_ZSTD => decompress_capped(&stored, MAX_CHUNK as usize)
-            .map_err(|err| bad(format!("chunk {}: {err}", e.id)))?,
-        c => return Err(bad(format!("chunk {}: unknown compression {c}", e.id))),
-    };
-    if plain.len() != e.raw_len as usize {
-        return Err(bad(format!(
-            "chunk {} has {} bytes, the index says {}",
-            e.id,
-            plain.len(),
-            e.raw_len
-        )));
-    }
-    if keys.chunk_id(&plain) != e.id {
-        return Err(bad(format!("chunk {} does not hash to its id", e.id)));
-    }
-    Ok(plain)
+/// A zstd decompressor for [`open_blob`].
+pub fn new_decompressor() -> Result<zstd::bulk::Decompressor<'static>> {
+    zstd::bulk::Decompressor::new().map_err(|e| RepoError::Invalid(format!("zstd: {e}")))
 }
 
 /// Reads one chunk by id through the index cache.
@@ -110,5 +79,16 @@ pub fn read_chunk(repo: &Repository, cache: &IndexCache, id: &ChunkId) -> Result
             u64::from(loc.entry.stored_len),
         )
         .map_err(|e| io_err(FileKind::Pack, &pack_name, e))?;
-    decode_blob(repo.keys(), &salt, &pack_name, &loc, stored)
+    let mut stored = stored;
+    let mut scratch = Vec::new();
+    let plain = open_blob(
+        repo.keys(),
+        &repo.keys().pack_cipher(&salt),
+        &pack_name,
+        &loc.entry,
+        &mut stored,
+        &mut new_decompressor()?,
+        &mut scratch,
+    )?;
+    Ok(plain.to_vec())
 }

@@ -7,8 +7,8 @@
 //! decompressed and re-hashed; damaged chunks are named with the snapshots that use them.
 
 use crate::backend::FileKind;
-use crate::blob::decode_blob;
-use crate::cache::{ChunkLocation, IndexCache};
+use crate::blob::{new_decompressor, open_blob};
+use crate::cache::IndexCache;
 use crate::crypto::MasterKeys;
 use crate::error::{RepoError, Result};
 use crate::format::index::decode_index;
@@ -103,18 +103,33 @@ fn verify_pack(
             }
         }
     };
+    let mut entries = entries;
+    // Index files may list a blob twice; each must be decrypted (in place) only once.
+    entries.sort_by_key(|e| e.offset);
+    entries.dedup_by_key(|e| e.offset);
     let mut bad = Vec::new();
+    let cipher = keys.pack_cipher(&salt);
+    let mut decompressor = match new_decompressor() {
+        Ok(d) => d,
+        Err(e) => return (Vec::new(), vec![e.to_string()], n),
+    };
+    let mut scratch = Vec::new();
+    let mut bytes = bytes;
     for e in &entries {
-        let range = e.offset as usize..e.end() as usize;
-        let Some(stored) = bytes.get(range) else {
+        let Some(stored) = bytes.get_mut(e.offset as usize..e.end() as usize) else {
             bad.push(e.id);
             msgs.push(format!("chunk {} lies outside pack {name}", e.id));
             continue;
         };
-        let mut pack = [0u8; 32];
-        let _ = hex::decode_to_slice(name, &mut pack);
-        let loc = ChunkLocation { pack, entry: *e };
-        if let Err(err) = decode_blob(keys, &salt, name, &loc, stored.to_vec()) {
+        if let Err(err) = open_blob(
+            keys,
+            &cipher,
+            name,
+            e,
+            stored,
+            &mut decompressor,
+            &mut scratch,
+        ) {
             bad.push(e.id);
             msgs.push(err.to_string());
         }

@@ -8,7 +8,7 @@
 //! written either), or are written as zeros on block devices.
 
 use crate::backend::FileKind;
-use crate::blob::{open_blob, read_chunk};
+use crate::blob::{new_decompressor, open_blob, read_chunk};
 use crate::cache::{ChunkLocation, IndexCache};
 use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
@@ -258,8 +258,7 @@ fn restore_batch(
     SCRATCH.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let decompressor = zstd::bulk::Decompressor::new()
-                .map_err(|e| RepoError::Invalid(format!("zstd: {e}")))?;
+            let decompressor = new_decompressor()?;
             *slot = Some(Scratch {
                 range: Vec::new(),
                 plain: Vec::new(),
