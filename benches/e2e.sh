@@ -244,7 +244,7 @@ fi
 # --- report -------------------------------------------------------------------------
 MD=$WORK/e2e.md
 {
-    echo "vmvault end-to-end benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "vmvault end-to-end benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
     echo "machine: $CORES cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "image: $((IMG_LOGICAL >> 30)) GiB logical, $((IMG_ALLOCATED >> 20)) MiB allocated (GPT, EFI FAT32 + ext4 from $DATA_MIB MiB of real files); changes: $CHANGED_PAGES random 4 KiB pages + ${#VICTIMS[@]} files appended"
     echo
