@@ -118,7 +118,7 @@ fn same_data_from_two_vms_at_once_and_a_restore_and_check_alongside() {
     v.check_ok(true);
 }
 
-/// Another process holding the cache (here `flock`, as sled does) must make vmvault use
+/// Another process holding the cache (here `flock` on its lock file) must make vmvault use
 /// a private cache, not delete the one in use.
 #[test]
 fn a_cache_in_use_by_another_process_is_left_alone() {
@@ -126,23 +126,21 @@ fn a_cache_in_use_by_another_process_is_left_alone() {
     let v = Vault::init();
     let img = vm_image(&v, "held.img", 96, 4 * MIB);
     v.backup("held", &[&img]);
-    // The cache's sled database: CACHE/<repo id>/index.sled/db.
+    // The cache's lock file, CACHE/<repo id>/index-v1/lock, which a vmvault process
+    // holds with flock while it uses the cache.
     let mut dbs = Vec::new();
     for e in std::fs::read_dir(&v.cache).unwrap().flatten() {
-        let db = e.path().join("index.sled").join("db");
+        let db = e.path().join("index-v1").join("lock");
         if db.is_file() {
             dbs.push(db);
         }
     }
-    if dbs.len() != 1 {
-        // The cache is no longer one sled database: this repro no longer applies (the
-        // two-backups-at-once tests above still cover the behaviour).
-        eprintln!(
-            "SKIPPED: no CACHE/<id>/index.sled/db in {}",
-            v.cache.display()
-        );
-        return;
-    }
+    assert_eq!(
+        dbs.len(),
+        1,
+        "expected one index cache in {}",
+        v.cache.display()
+    );
     let db = dbs.remove(0);
     let dir = db.parent().unwrap().to_path_buf();
     let inode = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();

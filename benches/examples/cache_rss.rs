@@ -1,12 +1,13 @@
 //! Reproducer for the index cache's memory use: feeds N random chunk ids through
 //! `IndexCache` the way a backup's uploader does (a `contains` miss per chunk, then
-//! `add_index` every PER entries) into a persistent sled cache, and prints RSS.
+//! `add_index` every PER entries) into a persistent index cache, and prints RSS.
 //!
 //! ```text
-//! cargo run --release -p vmvault-benches --example sled_rss -- [N=113000] [PER=100000]
+//! cargo run --release -p vmvault-benches --example cache_rss -- [N=113000] [PER=100000]
 //! ```
-//! With PER = 100 000 (the backup's `INDEX_FLUSH_ENTRIES`) one `add_index` call raises
-//! RSS by ~450 MiB; with PER = 10 000 the whole run stays under ~80 MiB.
+//! With the sled cache of the first version, PER = 100 000 (the backup's
+//! `INDEX_FLUSH_ENTRIES`) raised RSS by ~300-450 MiB and 400 000 entries in small batches
+//! still reached 132 MiB; the run-file cache that replaced it peaks at ~20 MiB for both.
 
 use vmvault_benches::{init_repo, Rng};
 use vmvault_chunker::{ChunkId, ChunkerParams};
