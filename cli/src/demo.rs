@@ -122,9 +122,11 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<i32> {
     let first = backup_once(&repo, &cache, &disk)?;
     print_backup("3. first backup ", &first);
 
-    let changed = demo_disk::change(&disk, 400, (a.data_mib << 20).min(200 << 20))?;
+    // About a quarter of a page write per MiB of data: a day of light guest activity.
+    let pages = (a.data_mib / 4).max(16);
+    let changed = demo_disk::change(&disk, pages, a.data_mib << 20)?;
     println!(
-        "4. guest activity: 400 scattered 4 KiB page writes and a new 4 MiB log ({} changed)",
+        "4. guest activity: {pages} scattered 4 KiB page writes and a new 4 MiB log ({} changed)",
         human::bytes(changed)
     );
     let second = backup_once(&repo, &cache, &disk)?;
