@@ -154,3 +154,48 @@ fn one_cache_dir_serves_two_repositories() {
     a.check_ok(true);
     b.check_ok(true);
 }
+
+/// A private cache left by a killed process (`tmp-*` with a free lock) is deleted on the
+/// next run; one whose lock is held by a live process is left alone.
+#[test]
+fn abandoned_private_caches_are_removed_live_ones_kept() {
+    let v = Vault::init();
+    let img = v.path("vm5.img");
+    build_gpt_image(&img, &GptSpec::small(55));
+    v.backup("vm5", &[&img]);
+    let base = std::fs::read_dir(&v.cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("index-v1").is_dir())
+        .expect("the repository's cache directory");
+    let abandoned = base.join("tmp-abandoned");
+    let live = base.join("tmp-live");
+    for d in [&abandoned, &live] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("lock"), b"").unwrap();
+    }
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(live.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock");
+    let t = std::time::Instant::now();
+    while std::process::Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(live.join("lock"))
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(t.elapsed().as_secs() < 10, "flock never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    v.backup("vm5", &[&img]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!abandoned.exists(), "an abandoned private cache was kept");
+    assert!(live.exists(), "a private cache in use was deleted");
+}

@@ -124,7 +124,10 @@ impl IndexCache {
         std::fs::create_dir_all(&dir).map_err(|e| cache_err(&dir, e))?;
         let lock = File::create(dir.join("lock")).map_err(|e| cache_err(&dir, e))?;
         match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Self::load(dir, lock, None),
+            Ok(()) => {
+                Self::remove_abandoned(base);
+                Self::load(dir, lock, None)
+            }
             // Another vmvault process uses it: work with a private one for this run.
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => Self::temporary(Some(base)),
             Err(e) => Err(cache_err(&dir, e)),
@@ -139,7 +142,31 @@ impl IndexCache {
         .map_err(|e| cache_err(near.unwrap_or(Path::new("(temporary)")), e))?;
         let dir = tmp.path().to_path_buf();
         let lock = File::create(dir.join("lock")).map_err(|e| cache_err(&dir, e))?;
+        // Held for our lifetime, so that a later process can tell a private cache in use
+        // from one left behind by a killed process (see `remove_abandoned`).
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| cache_err(&dir, e))?;
         Self::load(dir, lock, Some(tmp))
+    }
+
+    /// Deletes private caches (`tmp-*`) whose process is gone: their lock is free.
+    fn remove_abandoned(base: &Path) {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with("tmp-") {
+                continue;
+            }
+            let Ok(lock) = File::open(e.path().join("lock")) else {
+                continue;
+            };
+            let free =
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            if free.is_ok() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Loads the state and its runs; anything inconsistent means starting empty.
