@@ -85,8 +85,11 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
-    cache.flush().unwrap();
-    println!("flushed: {} ({:.1} s)", rss(), t.elapsed().as_secs_f64());
+    println!(
+        "after add_index: {} ({:.1} s)",
+        rss(),
+        t.elapsed().as_secs_f64()
+    );
     drop(cache);
     println!("dropped: {} ({:.1} s)", rss(), t.elapsed().as_secs_f64());
 }

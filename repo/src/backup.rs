@@ -561,7 +561,6 @@ fn upload_loop(
         flush(&mut batch)?;
         n_index += 1;
     }
-    cache.flush()?;
     Ok((n_packs, n_index))
 }
 

@@ -220,14 +220,6 @@ pub fn check(
         report.errors.extend(msgs);
         report.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
     }
-    let present: HashSet<[u8; 32]> = packs
-        .keys()
-        .filter_map(|n| {
-            let mut b = [0u8; 32];
-            hex::decode_to_slice(n, &mut b).ok().map(|()| b)
-        })
-        .collect();
-
     // Snapshots: every referenced chunk must be indexed, present and undamaged.
     let (snaps, bad_snaps) = repo.list_snapshots()?;
     for e in bad_snaps {
@@ -288,7 +280,7 @@ pub fn check(
                             Some(id),
                             &mut report,
                         ),
-                        Some(loc) if !present.contains(&loc.pack) => problem(
+                        Some(loc) if !packs.contains_key(&hex::encode(loc.pack)) => problem(
                             format!(
                                 "chunk {id} at disk offset {offset} is in missing pack {}",
                                 hex::encode(loc.pack)

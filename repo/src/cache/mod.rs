@@ -453,10 +453,4 @@ impl IndexCache {
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
         live.pack_runs.iter().map(|(_, r)| r.count() as usize).sum()
     }
-
-    /// Everything is durable when [`IndexCache::add_index`] returns; kept for callers
-    /// that want an explicit point.
-    pub fn flush(&self) -> Result<()> {
-        Ok(())
-    }
 }
