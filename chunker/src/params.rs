@@ -1,8 +1,9 @@
 //! Chunker parameters as stored in the repository config (FORMAT.md section 11).
 
 /// The parameters that decide where chunks are cut. Fixed at `init`: changing any of
-/// them would stop deduplication against older snapshots.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// them would stop deduplication against older snapshots. Serialised with these field
+/// names in the repository config (FORMAT.md section 11).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkerParams {
     /// Size of the independent, aligned segments the disk is cut into.
     pub segment_size: u64,

@@ -472,7 +472,7 @@ fn backup_disk(
         source_path,
         mut source,
     } = input;
-    let segment_size = sh.repo.config().chunker.segment_size;
+    let segment_size = sh.repo.config().chunker.params.segment_size;
     let buffers = pool.current_num_threads() + 2;
     let (buf_tx, buf_rx) = bounded::<Vec<u8>>(buffers);
     for _ in 0..buffers {

@@ -417,7 +417,7 @@ mod seeds {
         small.pack_size_target = 1 << 20;
         small.manifest_page_size = 4 << 20;
         small.compression.level = -7;
-        small.chunker.normalization = 3;
+        small.chunker.params.normalization = 3;
         put(root, "config", "small-pages", &small.encode());
 
         // Sealed objects of every kind, plain and compressed.

@@ -4,25 +4,15 @@ use super::DecodeError;
 use serde::{Deserialize, Serialize};
 use vmvault_chunker::ChunkerParams;
 
-/// Chunker section of the config.
+/// Chunker section of the config: the algorithm name and its parameters, flattened
+/// into one JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkerConfig {
     /// "fastcdc2020-keyed-gear".
     pub algorithm: String,
-    /// Segment size.
-    pub segment_size: u64,
-    /// FastCDC minimum.
-    pub min_size: u32,
-    /// FastCDC average.
-    pub avg_size: u32,
-    /// FastCDC maximum.
-    pub max_size: u32,
-    /// FastCDC normalization level.
-    pub normalization: u8,
-    /// Zero-detection block.
-    pub zero_block: u32,
-    /// Shortest stored zero run.
-    pub zero_run_min: u32,
+    /// Segment, FastCDC and zero-detection parameters.
+    #[serde(flatten)]
+    pub params: ChunkerParams,
 }
 
 /// Compression section of the config.
@@ -62,13 +52,7 @@ impl Config {
             created,
             chunker: ChunkerConfig {
                 algorithm: "fastcdc2020-keyed-gear".into(),
-                segment_size: chunker.segment_size,
-                min_size: chunker.min_size,
-                avg_size: chunker.avg_size,
-                max_size: chunker.max_size,
-                normalization: chunker.normalization,
-                zero_block: chunker.zero_block,
-                zero_run_min: chunker.zero_run_min,
+                params: chunker.clone(),
             },
             compression: CompressionConfig {
                 algorithm: "zstd".into(),
@@ -81,16 +65,7 @@ impl Config {
 
     /// The chunker parameters.
     pub fn chunker_params(&self) -> ChunkerParams {
-        let c = &self.chunker;
-        ChunkerParams {
-            segment_size: c.segment_size,
-            min_size: c.min_size,
-            avg_size: c.avg_size,
-            max_size: c.max_size,
-            normalization: c.normalization,
-            zero_block: c.zero_block,
-            zero_run_min: c.zero_run_min,
-        }
+        self.chunker.params.clone()
     }
 
     /// Parses and validates a decrypted config.
@@ -124,7 +99,7 @@ impl Config {
         if !(1 << 20..=1 << 30).contains(&self.pack_size_target) {
             return Err(DecodeError::new("pack_size_target out of range"));
         }
-        let seg = self.chunker.segment_size;
+        let seg = self.chunker.params.segment_size;
         if self.manifest_page_size < seg
             || !self.manifest_page_size.is_multiple_of(seg)
             || self.manifest_page_size > 64 << 30

@@ -350,7 +350,7 @@ fn config_inner(data: &[u8]) {
     };
     assert_eq!(cfg.validate(), Ok(()));
     assert!(cfg.chunker_params().validate().is_ok());
-    assert_eq!(cfg.manifest_page_size % cfg.chunker.segment_size, 0);
+    assert_eq!(cfg.manifest_page_size % cfg.chunker.params.segment_size, 0);
     let again = cfg.encode();
     assert_eq!(Config::decode(&again).as_ref(), Ok(&cfg));
 }
