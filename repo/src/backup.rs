@@ -125,6 +125,8 @@ struct Shared<'r> {
     pack_target: usize,
     /// Packers `0..data_packers` take data chunks; the one after them takes manifests.
     data_packers: usize,
+    /// Buffers of packs already stored, returned by the uploader for reuse.
+    spare_buffers: Receiver<Vec<u8>>,
 }
 
 impl Shared<'_> {
@@ -206,10 +208,11 @@ impl Shared<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if p.is_none() {
-                *p = Some(PackWriter::new(
-                    self.repo.keys(),
-                    self.pack_target + (1 << 20),
-                )?);
+                let buf = self
+                    .spare_buffers
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(self.pack_target + (1 << 20)));
+                *p = Some(PackWriter::with_buffer(self.repo.keys(), buf)?);
             }
             let Some(w) = p.as_mut() else {
                 return Err(RepoError::Invalid("pack writer missing".into()));
@@ -525,13 +528,15 @@ fn backup_disk(
     })
 }
 
-/// Writes packs as they fill and an index file every [`INDEX_FLUSH_ENTRIES`] chunks.
+/// Writes packs as they fill and an index file every [`INDEX_FLUSH_ENTRIES`] chunks,
+/// handing each stored pack's buffer back through `spare` (dropped when that is full).
 /// Returns (packs written, index files written).
 fn upload_loop(
     repo: &Repository,
     cache: &IndexCache,
     pending: &PendingSet,
     packs: Receiver<FinishedPack>,
+    spare: Sender<Vec<u8>>,
 ) -> Result<(u64, u64)> {
     let mut batch: Vec<IndexPack> = Vec::new();
     let mut batch_entries = 0usize;
@@ -551,6 +556,7 @@ fn upload_loop(
         n_packs += 1;
         batch_entries += p.index.entries.len();
         batch.push(p.index);
+        let _ = spare.try_send(p.bytes);
         if batch_entries >= INDEX_FLUSH_ENTRIES {
             flush(&mut batch)?;
             n_index += 1;
@@ -601,6 +607,9 @@ pub fn backup(
     let config = repo.config();
     let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
     let data_packers = threads.div_ceil(4);
+    // One spare per data packer: each can start its next pack in reused memory, while the
+    // memory held stays within one pack per packer plus the one being stored.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(data_packers);
     let sh = Shared {
         repo,
         cache,
@@ -618,6 +627,7 @@ pub fn backup(
         level: config.compression.level,
         pack_target: config.pack_size_target as usize,
         data_packers,
+        spare_buffers: spare_rx,
     };
     let tree_slot = data_packers;
     for d in &req.disks {
@@ -627,7 +637,7 @@ pub fn backup(
     }
     let (disks, uploaded) = std::thread::scope(|s| {
         let uploader = s.spawn(|| {
-            let r = upload_loop(repo, cache, &sh.pending, pack_rx);
+            let r = upload_loop(repo, cache, &sh.pending, pack_rx, spare_tx);
             if r.is_err() {
                 sh.abort.store(true, Ordering::SeqCst);
             }
