@@ -43,4 +43,35 @@ pub enum IngestError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An image's metadata is inconsistent, out of range or otherwise damaged.
+    #[error("{what}: damaged {format} image at offset {offset}: {reason}")]
+    Corrupt {
+        /// The image file (path or "stdin").
+        what: String,
+        /// The format being read ("qcow2", "VMDK", ...).
+        format: &'static str,
+        /// Byte offset in the file of the structure at fault.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A well-formed image uses a feature this reader does not implement (or refuses,
+    /// such as encryption): it is never read as something else.
+    #[error("{what}: {format} image: {reason}")]
+    Unimplemented {
+        /// The image file (path or "stdin").
+        what: String,
+        /// The format being read.
+        format: &'static str,
+        /// The feature and why it cannot be read.
+        reason: String,
+    },
+    /// Writing an output image failed.
+    #[error("cannot write {what}: {source}")]
+    Write {
+        /// The output (path or "stdout").
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }

@@ -31,7 +31,7 @@ impl Extent {
 
 /// Appends an extent, merging it with the previous one when both are of the same kind
 /// and adjacent.
-pub(crate) fn push_merged(out: &mut Vec<Extent>, e: Extent) {
+pub fn push_merged(out: &mut Vec<Extent>, e: Extent) {
     if e.len == 0 {
         return;
     }

@@ -1,21 +1,33 @@
-//! Disk sources for vmvault.
+//! Disk image formats for vmvault: sources to back up and writers to restore to.
 //!
 //! A disk source exposes a logical disk as a size, an allocation map (data, zero and
 //! unallocated extents) and reads. Holes and unallocated clusters are reported as such
 //! so the backup pipeline never reads, hashes or stores them. Format parsing stays in
 //! this crate; the repository only sees [`SequentialDisk`].
 
+pub mod detect;
 mod error;
 mod extent;
+pub mod fuzzing;
+pub mod image_file;
+pub mod open;
+pub mod qcow2;
 mod raw;
 mod sequential;
 mod stream;
+pub mod vhd;
+pub mod vmdk;
+pub mod write;
 
+pub use detect::ImageFormat;
 pub use error::IngestError;
-pub use extent::{Extent, ExtentKind};
+pub use extent::{push_merged, Extent, ExtentKind};
+pub use image_file::{ImageFile, MemFile, ReadAt};
+pub use open::{open_disk, probe_path, FileResolver, FsResolver, NoFiles, OpenOptions};
 pub use raw::{block_device_size, RawFile};
 pub use sequential::{Segment, Sequential, SequentialDisk};
 pub use stream::StreamDisk;
+pub use write::ImageWriter;
 
 /// A logical disk with random access: the interface every image format implements.
 pub trait DiskSource: Send {

@@ -44,6 +44,9 @@ pub const TARGETS: &[&str] = &[
     "config",
     "sealed_header",
     "lock",
+    "qcow2",
+    "vmdk",
+    "vhd",
 ];
 
 /// Runs the target called `name` on `data`; `false` if there is no such target.
@@ -58,6 +61,9 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "config" => config(data),
         "sealed_header" => sealed_header(data),
         "lock" => lock(data),
+        "qcow2" => image(data, vmvault_ingest::fuzzing::qcow2),
+        "vmdk" => image(data, vmvault_ingest::fuzzing::vmdk),
+        "vhd" => image(data, vmvault_ingest::fuzzing::vhd),
         _ => return false,
     }
     true
@@ -137,8 +143,18 @@ pub fn counting_active() -> bool {
     PEAK.get() >= 64
 }
 
+/// Runs an image reader's fuzz function (`vmvault_ingest::fuzzing`) on `data`, checking
+/// its peak of live heap bytes against the image readers' larger fixed allowance.
+pub fn image(data: &[u8], f: fn(&[u8])) {
+    bounded_with(data, vmvault_ingest::fuzzing::ALLOC_SLACK, f);
+}
+
 /// Runs `f` (a decode of `data`) and checks its peak of live heap bytes.
 fn bounded(data: &[u8], f: impl FnOnce(&[u8])) {
+    bounded_with(data, ALLOC_SLACK, f);
+}
+
+fn bounded_with(data: &[u8], slack: usize, f: impl FnOnce(&[u8])) {
     LIVE.set(0);
     PEAK.set(0);
     f(data);
@@ -146,7 +162,7 @@ fn bounded(data: &[u8], f: impl FnOnce(&[u8])) {
     let limit = data
         .len()
         .saturating_mul(ALLOC_FACTOR)
-        .saturating_add(ALLOC_SLACK);
+        .saturating_add(slack);
     assert!(
         peak <= limit,
         "decoding {} bytes had {peak} bytes allocated at once (limit {limit})",

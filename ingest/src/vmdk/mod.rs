@@ -1,0 +1,18 @@
+//! The vmdk reader (and writer). To be implemented.
+
+use crate::image_file::ReadAt;
+use crate::open::FileResolver;
+use crate::{DiskSource, IngestError};
+
+/// Opens a vmdk image from `file`, reaching parent disks and other files through
+/// `resolver`.
+pub fn open(
+    file: Box<dyn ReadAt>,
+    _resolver: &mut dyn FileResolver,
+) -> Result<Box<dyn DiskSource>, IngestError> {
+    Err(IngestError::Unimplemented {
+        what: file.name().to_string(),
+        format: "vmdk",
+        reason: "not implemented yet".into(),
+    })
+}
