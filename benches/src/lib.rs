@@ -107,6 +107,7 @@ pub fn backup_image(
             source_path: image.display().to_string(),
             source: Box::new(Sequential::new(raw)),
         }],
+        configs: Vec::new(),
         threads,
         cancel: None,
     };

@@ -44,3 +44,21 @@ pub trait DiskSource: Send {
     /// A short name for the format ("raw", "block device", ...), stored in snapshots.
     fn format_name(&self) -> &'static str;
 }
+
+impl<T: DiskSource + ?Sized> DiskSource for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>, IngestError> {
+        (**self).extents(offset, len)
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), IngestError> {
+        (**self).read_at(offset, buf)
+    }
+
+    fn format_name(&self) -> &'static str {
+        (**self).format_name()
+    }
+}

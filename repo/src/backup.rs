@@ -19,7 +19,7 @@ use crate::format::index::{encode_index, IndexPack};
 use crate::format::manifest::{EntryKind, ManifestEntry, ManifestRoot, MAX_RUN};
 use crate::format::pack::{COMPRESSION_NONE, COMPRESSION_ZSTD, KIND_DATA, KIND_TREE};
 use crate::format::sealed::KIND_INDEX;
-use crate::format::snapshot::{Snapshot, SnapshotDisk};
+use crate::format::snapshot::{valid_config_name, Snapshot, SnapshotConfig, SnapshotDisk};
 use crate::pack_writer::{FinishedPack, PackWriter};
 use crate::pending::PendingSet;
 use crate::repository::{hostname, now_rfc3339, Repository};
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmvault_chunker::{ChunkId, Chunker, Cut, CutKind};
-use vmvault_ingest::{ExtentKind, Segment, SequentialDisk};
+use vmvault_ingest::{ExtentKind, Segment, SequentialDisk, StreamDisk};
 
 /// Chunks listed per index file before a new one is started.
 const INDEX_FLUSH_ENTRIES: usize = 100_000;
@@ -64,6 +64,14 @@ pub struct DiskInput {
     pub source: Box<dyn SequentialDisk>,
 }
 
+/// A VM configuration file to store with the snapshot.
+pub struct ConfigInput {
+    /// File name in the snapshot (FORMAT.md section 9 rules).
+    pub name: String,
+    /// Its contents.
+    pub bytes: Vec<u8>,
+}
+
 /// What to back up and how.
 pub struct BackupRequest {
     /// VM name.
@@ -72,6 +80,8 @@ pub struct BackupRequest {
     pub tags: Vec<String>,
     /// The VM's disks, in order.
     pub disks: Vec<DiskInput>,
+    /// Configuration files to store with the disks.
+    pub configs: Vec<ConfigInput>,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// Set from outside (a signal handler) to stop the backup; nothing is committed.
@@ -589,6 +599,15 @@ pub fn backup(
             )));
         }
     }
+    let mut config_names = std::collections::HashSet::new();
+    for c in &req.configs {
+        if !valid_config_name(&c.name) || !config_names.insert(c.name.clone()) {
+            return Err(RepoError::Invalid(format!(
+                "config file name {:?} is empty, starts with '.', contains '/', or is used twice",
+                c.name
+            )));
+        }
+    }
     if req.vm.is_empty() || req.vm.contains('/') {
         return Err(RepoError::Invalid(
             "VM name must be non-empty and without '/'".into(),
@@ -654,6 +673,31 @@ pub fn backup(
                 }
             }
         }
+        let mut configs = Vec::new();
+        if result.is_ok() {
+            for c in req.configs {
+                let size = c.bytes.len() as u64;
+                let input = DiskInput {
+                    name: c.name.clone(),
+                    source_path: c.name,
+                    source: Box::new(
+                        StreamDisk::new(std::io::Cursor::new(c.bytes), "config file")
+                            .with_expected_size(size),
+                    ),
+                };
+                match backup_disk(&sh, &pool, input, tree_slot) {
+                    Ok(d) => configs.push(SnapshotConfig {
+                        name: d.name,
+                        size: d.size,
+                        manifest: d.manifest,
+                    }),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
         if result.is_ok() {
             result = sh.flush_packers();
         }
@@ -661,7 +705,7 @@ pub fn backup(
         let uploaded = uploader
             .join()
             .unwrap_or_else(|_| Err(RepoError::Invalid("pack uploader panicked".into())));
-        (result.map(|()| disks), uploaded)
+        (result.map(|()| (disks, configs)), uploaded)
     });
     // The first error wins: a worker's or reader's error explains an abort better than
     // the "aborted" it causes elsewhere.
@@ -669,7 +713,7 @@ pub fn backup(
     if let Some(e) = first {
         return Err(e);
     }
-    let disks = disks?;
+    let (disks, configs) = disks?;
     let (packs, index_files) = uploaded?;
     let parent = repo
         .list_snapshots()?
@@ -678,7 +722,7 @@ pub fn backup(
         .rfind(|(_, s)| s.vm == req.vm)
         .map(|(n, _)| n);
     let snapshot = Snapshot {
-        version: 1,
+        version: if configs.is_empty() { 1 } else { 2 },
         vm: req.vm,
         host: hostname(),
         time,
@@ -686,6 +730,7 @@ pub fn backup(
         parent,
         program: format!("vmvault {}", env!("CARGO_PKG_VERSION")),
         disks,
+        configs,
     };
     let name = repo.put_snapshot(&snapshot)?;
     let p = progress;

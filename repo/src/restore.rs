@@ -101,6 +101,8 @@ struct Placed {
     offset: u64,
     len: u32,
     id: ChunkId,
+    /// Where the chunk goes in its batch's buffer (ordered restores only).
+    pos: usize,
 }
 
 /// Reads one page's entries with absolute offsets; returns data entries and holes.
@@ -248,9 +250,9 @@ struct Scratch {
 fn restore_batch(
     repo: &Repository,
     cache: &IndexCache,
-    target: &Target,
     batch: &[Placed],
     progress: &RestoreProgress,
+    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
@@ -266,7 +268,7 @@ fn restore_batch(
             });
         }
         match slot.as_mut() {
-            Some(scratch) => restore_batch_with(repo, cache, target, batch, progress, scratch),
+            Some(scratch) => restore_batch_with(repo, cache, batch, progress, scratch, put),
             None => Err(RepoError::Invalid("restore scratch missing".into())),
         }
     })
@@ -275,10 +277,10 @@ fn restore_batch(
 fn restore_batch_with(
     repo: &Repository,
     cache: &IndexCache,
-    target: &Target,
     batch: &[Placed],
     progress: &RestoreProgress,
     scratch: &mut Scratch,
+    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkLocation, Placed)>> = BTreeMap::new();
     for p in batch {
@@ -348,7 +350,7 @@ fn restore_batch_with(
                             format!("chunk {} has the wrong length for its place", placed.id),
                         ));
                     }
-                    target.write(placed.offset, plain)?;
+                    put(placed, plain)?;
                     written += plain.len() as u64;
                     progress
                         .done
@@ -404,6 +406,7 @@ pub fn restore_disk(
                             offset,
                             len: e.len,
                             id,
+                            pos: 0,
                         });
                     }
                 }
@@ -425,7 +428,9 @@ pub fn restore_disk(
                     if cancelled() {
                         return Err(RepoError::Interrupted);
                     }
-                    restore_batch(repo, cache, &target, b, progress)
+                    restore_batch(repo, cache, b, progress, &mut |p, data| {
+                        target.write(p.offset, data)
+                    })
                 })
                 .collect()
         });
@@ -435,6 +440,110 @@ pub fn restore_disk(
         path: target.path.clone(),
         source: e,
     })?;
+    summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
+    Ok(summary)
+}
+
+/// Logical bytes per batch of an ordered restore: a window of `threads` batches is held
+/// in memory at once.
+const ORDERED_BATCH_BYTES: u64 = 4 << 20;
+
+/// Restores one disk (or config file) of a snapshot into `writer`, which receives the data
+/// front to back (zero and unallocated ranges are not sent: the writer leaves them
+/// unallocated). Chunks are fetched in parallel, a bounded window of batches at a time.
+/// The writer is not finished; the caller does that.
+pub fn restore_disk_ordered(
+    repo: &Repository,
+    cache: &IndexCache,
+    disk: &SnapshotDisk,
+    writer: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreSummary> {
+    let root = load_root(repo, cache, disk)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let mut summary = RestoreSummary {
+        logical_bytes: root.disk_size,
+        ..Default::default()
+    };
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+    for i in 0..root.pages.len() {
+        let entries = load_page(repo, cache, &root, i)?;
+        // Batches of placements in disk order, each with the size of its buffer.
+        let mut batches: Vec<(Vec<Placed>, usize)> = Vec::new();
+        for (offset, e) in entries {
+            match e.kind {
+                EntryKind::Data(id) => {
+                    let fresh = batches
+                        .last()
+                        .is_none_or(|(_, bytes)| *bytes as u64 >= ORDERED_BATCH_BYTES);
+                    if fresh {
+                        batches.push((Vec::new(), 0));
+                    }
+                    if let Some((b, bytes)) = batches.last_mut() {
+                        b.push(Placed {
+                            offset,
+                            len: e.len,
+                            id,
+                            pos: *bytes,
+                        });
+                        *bytes += e.len as usize;
+                    }
+                }
+                EntryKind::Zero | EntryKind::Unallocated => {
+                    progress.done.fetch_add(u64::from(e.len), Ordering::Relaxed);
+                }
+            }
+        }
+        for window in batches.chunks(threads.max(1)) {
+            if cancelled() {
+                return Err(RepoError::Interrupted);
+            }
+            let filled: Result<Vec<Vec<u8>>> = pool.install(|| {
+                window
+                    .par_iter()
+                    .map(|(b, bytes)| {
+                        let mut buf = vec![0u8; *bytes];
+                        restore_batch(repo, cache, b, progress, &mut |p, data| {
+                            buf[p.pos..p.pos + data.len()].copy_from_slice(data);
+                            Ok(())
+                        })?;
+                        Ok(buf)
+                    })
+                    .collect()
+            });
+            for ((placed, _), buf) in window.iter().zip(filled?) {
+                // Hand over runs of placements that are adjacent on the disk at once.
+                let mut k = 0;
+                while k < placed.len() {
+                    let start = placed[k].offset;
+                    let from = placed[k].pos;
+                    let mut end = start + u64::from(placed[k].len);
+                    let mut j = k + 1;
+                    while j < placed.len() && placed[j].offset == end {
+                        end += u64::from(placed[j].len);
+                        j += 1;
+                    }
+                    let len = (end - start) as usize;
+                    writer(start, &buf[from..from + len])?;
+                    summary.data_bytes += len as u64;
+                    k = j;
+                }
+            }
+        }
+    }
     summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
     Ok(summary)
 }

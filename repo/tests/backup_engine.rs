@@ -133,6 +133,7 @@ fn run_backup(
             source_path: "memory".into(),
             source: Box::new(Sequential::new(disk)),
         }],
+        configs: Vec::new(),
         threads,
         cancel: None,
     };

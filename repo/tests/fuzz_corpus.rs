@@ -351,6 +351,7 @@ mod seeds {
             parent: parent.map(str::to_string),
             program: "vmvault 0.1.0".into(),
             disks,
+            configs: Vec::new(),
         };
         let parent = hex::encode([0xabu8; 32]);
         put(

@@ -24,10 +24,21 @@ pub struct SnapshotDisk {
     pub data_chunks: u64,
 }
 
+/// A configuration file stored with a snapshot (version 2): stored like a disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// File name: unique among the configs, non-empty, no '/', NUL or leading '.'.
+    pub name: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Hex chunk id of the manifest root of its bytes.
+    pub manifest: String,
+}
+
 /// A snapshot: one backup of one VM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Format version, 1.
+    /// Format version: 1, or 2 when `configs` is not empty.
     pub version: u32,
     /// VM name.
     pub vm: String,
@@ -43,6 +54,35 @@ pub struct Snapshot {
     pub program: String,
     /// The VM's disks.
     pub disks: Vec<SnapshotDisk>,
+    /// The VM's configuration files (version 2 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<SnapshotConfig>,
+}
+
+impl SnapshotConfig {
+    /// The config file seen as a disk (its bytes are stored exactly like one), for the
+    /// restore functions.
+    pub fn as_disk(&self) -> SnapshotDisk {
+        SnapshotDisk {
+            name: self.name.clone(),
+            size: self.size,
+            source: String::new(),
+            source_format: "config".into(),
+            manifest: self.manifest.clone(),
+            allocated_bytes: self.size,
+            zero_bytes: 0,
+            data_chunks: 0,
+        }
+    }
+}
+
+/// Whether `name` is acceptable as a config file name (FORMAT.md section 9).
+pub fn valid_config_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\0'])
+}
+
+fn valid_id(hex_id: &str) -> bool {
+    hex::decode(hex_id).ok().is_some_and(|b| b.len() == 32)
 }
 
 impl Snapshot {
@@ -50,7 +90,7 @@ impl Snapshot {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let s: Snapshot = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::new(format!("snapshot is not valid JSON: {e}")))?;
-        if s.version != 1 {
+        if s.version != 1 && s.version != 2 {
             return Err(DecodeError::new(format!(
                 "unsupported snapshot version {}",
                 s.version
@@ -66,11 +106,30 @@ impl Snapshot {
                     d.name
                 )));
             }
-            let id = hex::decode(&d.manifest).ok().filter(|b| b.len() == 32);
-            if id.is_none() {
+            if !valid_id(&d.manifest) {
                 return Err(DecodeError::new(format!(
                     "disk {} has a malformed manifest id",
                     d.name
+                )));
+            }
+        }
+        if !s.configs.is_empty() && s.version < 2 {
+            return Err(DecodeError::new(
+                "snapshot version 1 lists config files (only version 2 may)".to_string(),
+            ));
+        }
+        let mut config_names = std::collections::HashSet::new();
+        for c in &s.configs {
+            if !valid_config_name(&c.name) || !config_names.insert(c.name.as_str()) {
+                return Err(DecodeError::new(format!(
+                    "bad or duplicate config file name {:?}",
+                    c.name
+                )));
+            }
+            if !valid_id(&c.manifest) {
+                return Err(DecodeError::new(format!(
+                    "config file {} has a malformed manifest id",
+                    c.name
                 )));
             }
         }
