@@ -42,6 +42,7 @@ fn backup_once(repo: &Repository, cache: &IndexCache, disk: &Path) -> Result<Bac
             source_path: disk.display().to_string(),
             source: Box::new(source),
         }],
+        configs: Vec::new(),
         threads: 0,
         cancel: Some(crate::cancel_flag().clone()),
     };
