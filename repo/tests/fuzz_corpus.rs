@@ -113,6 +113,9 @@ replay_tests!(
     config,
     sealed_header,
     lock,
+    qcow2,
+    vmdk,
+    vhd,
 );
 
 /// Writes the seed corpus from real encodings. Run by hand; `cargo fuzz cmin` may later
