@@ -18,6 +18,7 @@ mod stream;
 pub mod vhd;
 pub mod vmdk;
 pub mod write;
+pub mod xva;
 
 pub use detect::ImageFormat;
 pub use error::IngestError;

@@ -116,6 +116,7 @@ replay_tests!(
     qcow2,
     vmdk,
     vhd,
+    xva,
 );
 
 /// Writes the seed corpus from real encodings. Run by hand; `cargo fuzz cmin` may later

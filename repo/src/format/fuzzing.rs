@@ -47,6 +47,7 @@ pub const TARGETS: &[&str] = &[
     "qcow2",
     "vmdk",
     "vhd",
+    "xva",
 ];
 
 /// Runs the target called `name` on `data`; `false` if there is no such target.
@@ -64,6 +65,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "qcow2" => image(data, vmvault_ingest::fuzzing::qcow2),
         "vmdk" => image(data, vmvault_ingest::fuzzing::vmdk),
         "vhd" => image(data, vmvault_ingest::fuzzing::vhd),
+        "xva" => image(data, vmvault_ingest::xva::xva),
         _ => return false,
     }
     true
