@@ -122,20 +122,87 @@ impl Chunker {
     /// `max_size` long, and the result depends only on `buf`, `disk_offset % zero_block`,
     /// the parameters and the keys.
     pub fn split(&self, buf: &[u8], disk_offset: u64, out: &mut Vec<Cut>) {
+        self.split_inner(buf, disk_offset, &[], out);
+    }
+
+    /// Cuts a run of disk bytes in which the ranges `gaps` (sorted, disjoint, inside
+    /// `buf`) are known to read as zeros but were not read: unallocated or zero extents.
+    ///
+    /// Guarantees: the cuts are exactly those [`Chunker::split`] makes of `buf` with every
+    /// gap filled with zeros, so chunk boundaries depend only on the logical content and
+    /// never on which parts a container happened to allocate. The bytes of the gaps in
+    /// `buf` are overwritten with zeros where a data cut may include them (small gaps and
+    /// the partial blocks at the ends of large ones); the whole blocks of a gap at least
+    /// `zero_run_min` long are neither written nor scanned, so a large gap costs nothing.
+    pub fn split_with_gaps(
+        &self,
+        buf: &mut [u8],
+        disk_offset: u64,
+        gaps: &[std::ops::Range<usize>],
+        out: &mut Vec<Cut>,
+    ) {
+        let block = self.params.zero_block as usize;
+        let misalign = (disk_offset % block as u64) as usize;
+        let buf_len = buf.len();
+        // Buffer positions of block boundaries: `k * block - misalign`.
+        let align_up = |p: usize| -> usize {
+            let q = p + misalign;
+            (q.div_ceil(block) * block - misalign).min(buf_len)
+        };
+        let align_down = |p: usize| -> usize {
+            let q = p + misalign;
+            (q / block * block).saturating_sub(misalign)
+        };
+        let mut whole: Vec<std::ops::Range<usize>> = Vec::with_capacity(gaps.len());
+        for g in gaps {
+            let g = g.start.min(buf.len())..g.end.min(buf.len());
+            let (inner_start, inner_end) = (align_up(g.start), align_down(g.end));
+            // Whole blocks of the gap that form a zero run on their own always end up in
+            // a zero cut, so they need neither bytes nor a scan; anything shorter may be
+            // part of a data chunk and is materialised.
+            if inner_end >= inner_start + self.params.zero_run_min as usize {
+                buf[g.start..inner_start].fill(0);
+                buf[inner_end..g.end].fill(0);
+                whole.push(inner_start..inner_end);
+            } else {
+                buf[g.clone()].fill(0);
+            }
+        }
+        self.split_inner(buf, disk_offset, &whole, out);
+    }
+
+    /// `split` where the blocks of `zero_blocks` (block-aligned ranges) count as zero
+    /// without being scanned.
+    fn split_inner(
+        &self,
+        buf: &[u8],
+        disk_offset: u64,
+        zero_blocks: &[std::ops::Range<usize>],
+        out: &mut Vec<Cut>,
+    ) {
         let block = self.params.zero_block as usize;
         let run_min = self.params.zero_run_min as usize;
         let mut data_start = 0usize;
         let mut zero_start: Option<usize> = None;
         // First block boundary at or after the start, in buffer coordinates.
         let misalign = (disk_offset % block as u64) as usize;
+        let mut next_gap = 0usize;
         let mut pos = 0usize;
         while pos < buf.len() {
-            let block_end = if pos == 0 && misalign != 0 {
-                (block - misalign).min(buf.len())
-            } else {
-                (pos + block).min(buf.len())
+            while next_gap < zero_blocks.len() && zero_blocks[next_gap].end <= pos {
+                next_gap += 1;
+            }
+            let (zero, block_end) = match zero_blocks.get(next_gap) {
+                Some(g) if g.start <= pos => (true, g.end),
+                _ => {
+                    let end = if pos == 0 && misalign != 0 {
+                        (block - misalign).min(buf.len())
+                    } else {
+                        (pos + block).min(buf.len())
+                    };
+                    (is_zero(&buf[pos..end]), end)
+                }
             };
-            let zero = is_zero(&buf[pos..block_end]);
             match (zero, zero_start) {
                 (true, None) => zero_start = Some(pos),
                 (false, Some(z)) => {

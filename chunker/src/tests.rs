@@ -170,3 +170,51 @@ fn is_zero_finds_a_single_byte() {
         b[i] = 0;
     }
 }
+
+#[test]
+fn gaps_cut_exactly_like_zero_filled_bytes() {
+    let c = chunker();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    for round in 0..40u64 {
+        let len = 1_000_000 + (round as usize * 37_123) % 3_000_000;
+        let mut data = vec![0u8; len];
+        for b in data.iter_mut() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            *b = rng as u8;
+        }
+        // Gaps of every size class: tiny, just under and over a zero run, huge; some
+        // at the ends, some touching zero bytes that are data.
+        let mut gaps = Vec::new();
+        let mut pos = (round as usize * 4099) % 50_000;
+        let sizes = [1usize, 700, 4096, 60_000, 65_536, 70_001, 300_000, 1 << 20];
+        let mut k = round as usize;
+        while pos < len {
+            let g = sizes[k % sizes.len()].min(len - pos);
+            gaps.push(pos..pos + g);
+            // Zeros in the data right after some gaps, which a zero run may absorb.
+            let tail = if k % 3 == 0 { 8192 } else { 0 };
+            let after = (pos + g + tail).min(len);
+            data[pos + g..after].fill(0);
+            pos = after + 40_000 + (k * 7919) % 200_000;
+            k += 1;
+        }
+        let mut filled = data.clone();
+        for g in &gaps {
+            filled[g.clone()].fill(0);
+        }
+        // The gap bytes in the buffer given to split_with_gaps are garbage.
+        let mut garbage = data.clone();
+        for g in &gaps {
+            for (i, b) in garbage[g.clone()].iter_mut().enumerate() {
+                *b = (i as u8) | 1;
+            }
+        }
+        let offset = round * 512 + if round % 2 == 0 { 0 } else { 1000 };
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        c.split(&filled, offset, &mut want);
+        c.split_with_gaps(&mut garbage, offset, &gaps, &mut got);
+        assert_eq!(want, got, "round {round}");
+    }
+}

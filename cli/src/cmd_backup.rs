@@ -1,13 +1,18 @@
 //! `vmvault backup`.
 
 use crate::{context, human, progress, Cli};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use vmvault_ingest::{RawFile, Sequential, StreamDisk};
-use vmvault_repo::backup::{backup, BackupRequest, DiskInput, Progress};
+use vmvault_ingest::detect::{detect, DETECT_HEAD};
+use vmvault_ingest::{
+    open_disk, probe_path, xva, ImageFormat, OpenOptions, RawFile, Sequential, SequentialDisk,
+    StreamDisk,
+};
+use vmvault_repo::backup::{backup, BackupRequest, ConfigInput, DiskInput, Progress};
 
 /// Arguments of `vmvault backup`.
 #[derive(Args, Debug)]
@@ -29,10 +34,25 @@ pub struct BackupArgs {
     /// early (or runs longer) fails the backup instead of storing a wrong-sized disk.
     #[arg(long)]
     pub size: Option<u64>,
-    /// Raw disk images, block devices (e.g. LVM volumes), or '-' for standard input.
+    /// The format of every PATH (raw, qcow2, vmdk, vhd, xva); default: detected from
+    /// each file's magic bytes.
+    #[arg(long)]
+    pub format: Option<ImageFormat>,
+    /// The backing file of the (single) image, replacing the one its header names.
+    #[arg(long)]
+    pub backing: Option<PathBuf>,
+    /// A VM configuration file to store with the snapshot (.vmx, .nvram, libvirt XML,
+    /// OVMF vars, ova.xml, ...); repeatable.
+    #[arg(long = "config", value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Disk images (raw, qcow2, VMDK, VHD, XVA), block devices (e.g. LVM volumes), or '-'
+    /// for standard input (a raw disk or an XVA stream).
     #[arg(required = true)]
     pub paths: Vec<String>,
 }
+
+/// Largest configuration file accepted: these are small text or NVRAM files.
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
 /// The default disk name of a path: its file stem (`web01-disk0.img` → `web01-disk0`).
 fn default_disk_name(path: &str) -> String {
@@ -62,45 +82,151 @@ fn validate(a: &BackupArgs) -> Result<()> {
     if a.size.is_some() && stdin_count == 0 {
         return usage("--size applies only to a disk read from standard input ('-')".into());
     }
+    if a.backing.is_some() && a.paths.len() != 1 {
+        return usage("--backing applies to a single image; give one PATH".into());
+    }
     Ok(())
 }
 
-fn open_inputs(a: &BackupArgs) -> Result<Vec<DiskInput>> {
-    let mut inputs = Vec::new();
-    for (i, path) in a.paths.iter().enumerate() {
-        let name = a
-            .disk_names
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| default_disk_name(path));
-        let (source, source_path): (Box<dyn vmvault_ingest::SequentialDisk>, String) =
-            if path == "-" {
-                let stream = StreamDisk::new(std::io::stdin(), "stdin");
-                let stream = match a.size {
-                    Some(n) => stream.with_expected_size(n),
-                    None => stream,
-                };
-                (Box::new(stream), "stdin".into())
-            } else {
-                let raw = RawFile::open(Path::new(path))?;
-                let shown = std::fs::canonicalize(path)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| path.clone());
-                (Box::new(Sequential::new(raw)), shown)
-            };
-        inputs.push(DiskInput {
+/// Reads the configuration files named with `--config`.
+fn read_configs(a: &BackupArgs) -> Result<Vec<ConfigInput>> {
+    let mut out = Vec::new();
+    for path in &a.configs {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow!("--config {}: not a file name", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+            bail!(
+                "config file {} is not a regular file of at most {} MiB",
+                path.display(),
+                MAX_CONFIG_BYTES >> 20
+            );
+        }
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        out.push(ConfigInput { name, bytes });
+    }
+    Ok(out)
+}
+
+/// The disks (and, for an XVA archive, the `ova.xml`) read from one PATH.
+struct Opened {
+    disks: Vec<DiskInput>,
+    configs: Vec<ConfigInput>,
+}
+
+/// Opens an XVA stream: one disk per VDI, and its ova.xml as a config file.
+fn open_xva<R: Read + Send + 'static>(reader: R, shown: &str) -> Result<Opened> {
+    let archive = xva::open_stream(reader, shown)?;
+    let ova = archive.ova_xml.clone();
+    let names: Vec<String> = archive.disks.iter().map(|d| d.name.clone()).collect();
+    let disks = names
+        .into_iter()
+        .zip(archive.into_disks())
+        .map(|(name, source)| DiskInput {
             name,
+            source_path: shown.to_string(),
+            source,
+        })
+        .collect();
+    Ok(Opened {
+        disks,
+        configs: vec![ConfigInput {
+            name: "ova.xml".into(),
+            bytes: ova,
+        }],
+    })
+}
+
+fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened> {
+    let one = |name: Option<String>, source_path: String, source: Box<dyn SequentialDisk>| Opened {
+        disks: vec![DiskInput {
+            name: name.unwrap_or_else(|| default_disk_name(path)),
             source_path,
             source,
-        });
+        }],
+        configs: Vec::new(),
+    };
+    if path == "-" {
+        let mut stdin = std::io::stdin();
+        let mut head = Vec::with_capacity(DETECT_HEAD);
+        (&mut stdin)
+            .take(DETECT_HEAD as u64)
+            .read_to_end(&mut head)
+            .context("cannot read standard input")?;
+        let format = a.format.unwrap_or_else(|| detect(&head, &[]));
+        let stream = std::io::Cursor::new(head).chain(stdin);
+        return match format {
+            ImageFormat::Xva => {
+                if name.is_some() {
+                    bail!("--disk-name does not apply to an XVA archive (its disks are named from ova.xml)");
+                }
+                open_xva(stream, "stdin")
+            }
+            ImageFormat::Raw => {
+                let s = StreamDisk::new(stream, "stdin");
+                let s = match a.size {
+                    Some(n) => s.with_expected_size(n),
+                    None => s,
+                };
+                Ok(one(name, "stdin".into(), Box::new(s)))
+            }
+            other => bail!(
+                "standard input holds a {other} image, which needs random access: \
+                 give the file's path, or stream a raw disk or an XVA archive"
+            ),
+        };
     }
-    Ok(inputs)
+    let p = Path::new(path);
+    let shown = std::fs::canonicalize(p)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_string());
+    let format = match a.format {
+        Some(f) => f,
+        None => probe_path(p)?,
+    };
+    match format {
+        ImageFormat::Xva => {
+            if name.is_some() {
+                bail!("--disk-name does not apply to an XVA archive (its disks are named from ova.xml)");
+            }
+            let file = std::fs::File::open(p).with_context(|| format!("cannot open {path}"))?;
+            open_xva(std::io::BufReader::with_capacity(1 << 20, file), &shown)
+        }
+        ImageFormat::Raw => {
+            let raw = RawFile::open(p)?;
+            Ok(one(name, shown, Box::new(Sequential::new(raw))))
+        }
+        other => {
+            let opts = OpenOptions {
+                format: Some(other),
+                backing: a.backing.clone(),
+            };
+            let disk = open_disk(p, &opts)?;
+            Ok(one(name, shown, Box::new(Sequential::new(disk))))
+        }
+    }
+}
+
+fn open_inputs(a: &BackupArgs) -> Result<(Vec<DiskInput>, Vec<ConfigInput>)> {
+    let mut disks = Vec::new();
+    let mut configs = read_configs(a)?;
+    for (i, path) in a.paths.iter().enumerate() {
+        let opened = open_path(a, path, a.disk_names.get(i).cloned())
+            .with_context(|| format!("cannot read {path}"))?;
+        disks.extend(opened.disks);
+        configs.extend(opened.configs);
+    }
+    Ok((disks, configs))
 }
 
 /// Runs `vmvault backup`.
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     validate(a)?;
-    let inputs = open_inputs(a)?;
+    let (inputs, configs) = open_inputs(a)?;
     let repo = context::open(cli)?;
     let _lock = vmvault_repo::lock::lock(&repo, "backup", false).map_err(|e| anyhow!(e))?;
     let cache = context::cache(cli, &repo)?;
@@ -128,6 +254,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         vm: a.vm.clone(),
         tags: a.tags.clone(),
         disks: inputs,
+        configs,
         threads: a.threads,
         cancel: Some(crate::cancel_flag().clone()),
     };

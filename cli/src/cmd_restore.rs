@@ -1,5 +1,6 @@
 //! `vmvault restore`.
 
+use crate::image_out::{create_file, disk_writer, OutputFormat, VhdSubformat, VmdkLayout};
 use crate::{context, human, progress, Cli};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -7,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use vmvault_repo::restore::{restore_disk, RestoreOptions, RestoreProgress};
+use vmvault_ingest::{xva, ImageFormat};
+use vmvault_repo::cache::IndexCache;
+use vmvault_repo::format::snapshot::{Snapshot, SnapshotDisk};
+use vmvault_repo::restore::{
+    restore_disk, restore_disk_ordered, RestoreOptions, RestoreProgress, RestoreSummary,
+};
+use vmvault_repo::Repository;
 
 /// Arguments of `vmvault restore`.
 #[derive(Args, Debug)]
@@ -30,6 +37,19 @@ pub struct RestoreArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Image format to write: raw (sparse), qcow2, vmdk, vhd, or xva (the whole VM in
+    /// one archive; `--target -` streams it to standard output).
+    #[arg(long, default_value = "raw")]
+    pub format: ImageFormat,
+    /// VMDK layout: monolithicSparse or streamOptimized (what vSphere/OVF import takes).
+    #[arg(long, value_enum, default_value_t = VmdkLayout::MonolithicSparse)]
+    pub vmdk_subformat: VmdkLayout,
+    /// VHD layout.
+    #[arg(long, value_enum, default_value_t = VhdSubformat::Dynamic)]
+    pub vhd_subformat: VhdSubformat,
+    /// Do not write the snapshot's configuration files into the target directory.
+    #[arg(long)]
+    pub no_config: bool,
 }
 
 /// Runs `vmvault restore`.
@@ -54,6 +74,20 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     };
     if disks.is_empty() {
         bail!("snapshot {} has no disks", &id[..12]);
+    }
+    if a.format == ImageFormat::Vhdx {
+        bail!("restore cannot write VHDX; use --format vhd");
+    }
+    let fmt = OutputFormat {
+        format: a.format,
+        vmdk: a.vmdk_subformat,
+        vhd: a.vhd_subformat,
+    };
+    if a.format == ImageFormat::Xva {
+        return restore_xva(cli, a, &repo, &id, &snap, &disks);
+    }
+    if a.target.as_os_str() == "-" {
+        bail!("only --format xva can be written to standard output ('-')");
     }
     // One disk goes to the target itself unless the target is a directory.
     let into_dir = disks.len() > 1
@@ -88,14 +122,27 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     let mut results = Vec::new();
     for d in &disks {
         let path: PathBuf = if into_dir {
-            a.target.join(format!("{}.raw", d.name))
+            a.target.join(format!("{}.{}", d.name, fmt.extension()))
         } else {
             a.target.clone()
         };
-        let s = restore_disk(&repo, &cache, d, Path::new(&path), &opts, &prog)
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("restore of disk {} failed", d.name))?;
+        let s = if a.format == ImageFormat::Raw {
+            restore_disk(&repo, &cache, d, Path::new(&path), &opts, &prog).map_err(|e| anyhow!(e))
+        } else {
+            restore_to_image(&repo, &cache, d, &path, &fmt, &opts, &prog)
+        }
+        .with_context(|| format!("restore of disk {} failed", d.name))?;
         results.push((d.name.clone(), path, s));
+    }
+    let mut configs = Vec::new();
+    if into_dir && a.disk.is_none() && !a.no_config {
+        for c in &snap.configs {
+            let path = a.target.join(&c.name);
+            restore_disk(&repo, &cache, &c.as_disk(), &path, &opts, &prog)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("restore of config file {} failed", c.name))?;
+            configs.push((c.name.clone(), path));
+        }
     }
     drop(ticker);
     let secs = started.elapsed().as_secs_f64();
@@ -106,6 +153,10 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
             "disks": results.iter().map(|(n, p, s)| serde_json::json!({
                 "name": n, "path": p, "logical_bytes": s.logical_bytes,
                 "data_bytes": s.data_bytes, "fetched_bytes": s.fetched_bytes,
+                "format": a.format.name(),
+            })).collect::<Vec<_>>(),
+            "configs": configs.iter().map(|(n, p)| serde_json::json!({
+                "name": n, "path": p,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -118,8 +169,152 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
                 p.display()
             );
         }
+        for (n, p) in &configs {
+            println!("restored config file {n} to {}", p.display());
+        }
         let data: u64 = results.iter().map(|r| r.2.data_bytes).sum();
         println!("  duration {secs:.2} s ({} data)", human::rate(data, secs));
+    }
+    Ok(crate::exit::OK)
+}
+
+/// Restores one disk into a new image file in a format other than raw.
+fn restore_to_image(
+    repo: &Repository,
+    cache: &IndexCache,
+    d: &SnapshotDisk,
+    path: &Path,
+    fmt: &OutputFormat,
+    opts: &RestoreOptions,
+    prog: &RestoreProgress,
+) -> Result<RestoreSummary> {
+    let out = create_file(path, opts.overwrite)?;
+    let shown = path.display().to_string();
+    let mut writer = disk_writer(fmt, out, &shown, d.size)?;
+    let summary = restore_disk_ordered(
+        repo,
+        cache,
+        d,
+        &mut |offset, data| Ok(writer.write_data(offset, data)?),
+        opts,
+        prog,
+    )
+    .map_err(|e| anyhow!(e))?;
+    writer.finish()?;
+    Ok(summary)
+}
+
+/// `restore --format xva`: every chosen disk in one archive, with the stored ova.xml when
+/// the VM came from XVA (and its disks still match it), a generated one otherwise.
+fn restore_xva(
+    cli: &Cli,
+    a: &RestoreArgs,
+    repo: &Repository,
+    id: &str,
+    snap: &Snapshot,
+    disks: &[SnapshotDisk],
+) -> Result<i32> {
+    let _lock = vmvault_repo::lock::lock(repo, "restore", false).map_err(|e| anyhow!(e))?;
+    let cache = context::cache(cli, repo)?;
+    let opts = RestoreOptions {
+        overwrite: a.overwrite,
+        threads: a.threads,
+        cancel: Some(crate::cancel_flag().clone()),
+    };
+    let prog = RestoreProgress::default();
+    let sizes: Vec<(String, u64)> = disks.iter().map(|d| (d.name.clone(), d.size)).collect();
+    let stored = match snap.configs.iter().find(|c| c.name == "ova.xml") {
+        Some(c) if c.size <= 64 << 20 => {
+            let mut bytes = vec![0u8; c.size as usize];
+            restore_disk_ordered(
+                repo,
+                &cache,
+                &c.as_disk(),
+                &mut |off, data| {
+                    let end = off as usize + data.len();
+                    let slot = bytes.get_mut(off as usize..end).ok_or_else(|| {
+                        vmvault_repo::RepoError::Invalid("ova.xml longer than recorded".into())
+                    })?;
+                    slot.copy_from_slice(data);
+                    Ok(())
+                },
+                &opts,
+                &prog,
+            )
+            .map_err(|e| anyhow!(e))
+            .context("cannot restore the stored ova.xml")?;
+            Some(bytes)
+        }
+        _ => None,
+    };
+    // The stored ova.xml fits when it lists the same disks with the same sizes.
+    let (ova, refs) = match stored.and_then(|x| {
+        let listed = xva::ova_disks(&x).ok()?;
+        let same =
+            listed.len() == sizes.len() && listed.iter().zip(&sizes).all(|(l, s)| l.1 == s.1);
+        same.then(|| (x, listed.into_iter().map(|l| l.0).collect::<Vec<_>>()))
+    }) {
+        Some(found) => found,
+        None => xva::generate_ova_xml(&snap.vm, &sizes),
+    };
+    let ref_sizes: Vec<(String, u64)> = refs.into_iter().zip(sizes.iter().map(|s| s.1)).collect();
+    let to_stdout = a.target.as_os_str() == "-";
+    let path = if a.target.is_dir() || a.target.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        std::fs::create_dir_all(&a.target)
+            .with_context(|| format!("cannot create directory {}", a.target.display()))?;
+        a.target.join(format!("{}.xva", snap.vm))
+    } else {
+        a.target.clone()
+    };
+    let out: Box<dyn std::io::Write + Send> = if to_stdout {
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        ))
+    } else {
+        Box::new(create_file(&path, a.overwrite)?)
+    };
+    let shown = if to_stdout {
+        "stdout".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let started = Instant::now();
+    let mut w = xva::XvaWriter::new(out, &shown, &ova, &ref_sizes)?;
+    let mut data = 0u64;
+    for (i, d) in disks.iter().enumerate() {
+        let s = restore_disk_ordered(
+            repo,
+            &cache,
+            d,
+            &mut |off, bytes| Ok(w.write_data(i, off, bytes)?),
+            &opts,
+            &prog,
+        )
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("restore of disk {} failed", d.name))?;
+        w.finish_disk(i)?;
+        data += s.data_bytes;
+    }
+    let written = w.finish()?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json && !to_stdout {
+        println!(
+            "{}",
+            serde_json::json!({
+                "snapshot": id, "format": "xva", "path": path, "bytes": written,
+                "data_bytes": data, "duration_secs": secs,
+                "disks": disks.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            })
+        );
+    } else if !cli.quiet {
+        eprintln!(
+            "restored {} disk(s) of snapshot {} as XVA ({} data, {} written) to {shown} in {secs:.2} s",
+            disks.len(),
+            &id[..12],
+            human::bytes(data),
+            human::bytes(written)
+        );
     }
     Ok(crate::exit::OK)
 }

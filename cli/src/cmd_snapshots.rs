@@ -44,6 +44,10 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<i32> {
                         "source": d.source,
                         "source_format": d.source_format,
                     })).collect::<Vec<_>>(),
+                    "configs": s.configs.iter().map(|c| serde_json::json!({
+                        "name": c.name,
+                        "size": c.size,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -66,8 +70,14 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<i32> {
         } else {
             format!("  [{}]", s.tags.join(","))
         };
+        let configs: Vec<&str> = s.configs.iter().map(|c| c.name.as_str()).collect();
+        let configs = if configs.is_empty() {
+            String::new()
+        } else {
+            format!("  config: {}", configs.join(","))
+        };
         println!(
-            "{:<12}  {:<20}  {:<16}  {:<12}  {:>10}  {}{tags}",
+            "{:<12}  {:<20}  {:<16}  {:<12}  {:>10}  {}{tags}{configs}",
             &id[..12],
             time,
             s.vm,

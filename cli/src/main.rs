@@ -12,6 +12,7 @@ mod demo;
 mod demo_disk;
 mod exit;
 mod human;
+mod image_out;
 mod progress;
 
 use clap::{Parser, Subcommand};

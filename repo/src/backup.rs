@@ -309,7 +309,10 @@ fn push_entry(out: &mut Vec<ManifestEntry>, kind: EntryKind, mut len: u64) {
     }
 }
 
-fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &[u8]) -> Result<SegmentResult> {
+/// Chunks one segment. The whole segment is cut as its logical content, with unallocated
+/// and zero extents standing for zeros (`Chunker::split_with_gaps`), so the chunks of a
+/// disk do not depend on which container (raw, qcow2, VMDK, ...) it was read from.
+fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<SegmentResult> {
     let slot = rayon::current_thread_index().unwrap_or(0) % sh.data_packers;
     let mut r = SegmentResult {
         offset: seg.offset,
@@ -319,41 +322,54 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &[u8]) -> Result<Segment
         zero: 0,
         chunks: 0,
     };
-    let mut cuts: Vec<Cut> = Vec::new();
+    let mut gaps = Vec::new();
     for e in &seg.extents {
+        let range = (e.offset - seg.offset) as usize..(e.end() - seg.offset) as usize;
         match e.kind {
-            ExtentKind::Unallocated => push_entry(&mut r.entries, EntryKind::Unallocated, e.len),
-            ExtentKind::Zero => {
-                r.zero += e.len;
-                push_entry(&mut r.entries, EntryKind::Zero, e.len);
-            }
-            ExtentKind::Data => {
-                let start = (e.offset - seg.offset) as usize;
-                let data = &buf[start..start + e.len as usize];
-                r.read += e.len;
-                cuts.clear();
-                sh.chunker.split(data, e.offset, &mut cuts);
-                for c in &cuts {
-                    match c.kind {
-                        CutKind::Zero => {
-                            r.zero += c.len as u64;
-                            push_entry(&mut r.entries, EntryKind::Zero, c.len as u64);
-                        }
-                        CutKind::Data(id) => {
-                            r.chunks += 1;
-                            sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
-                            if sh.store_chunk(
-                                id,
-                                &data[c.start..c.start + c.len],
-                                KIND_DATA,
-                                slot,
-                            )? {
-                                sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
-                            }
-                            push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
-                        }
+            ExtentKind::Data => r.read += e.len,
+            ExtentKind::Zero | ExtentKind::Unallocated => gaps.push(range),
+        }
+    }
+    let buf = buf.get_mut(..seg.len as usize).ok_or_else(|| {
+        RepoError::Invalid("internal error: segment longer than its buffer".into())
+    })?;
+    let mut cuts: Vec<Cut> = Vec::new();
+    sh.chunker
+        .split_with_gaps(buf, seg.offset, &gaps, &mut cuts);
+    // Extents, in buffer coordinates, for naming the parts of zero cuts.
+    let mut ext = 0usize;
+    for c in &cuts {
+        match c.kind {
+            CutKind::Zero => {
+                let (mut pos, end) = (c.start, c.start + c.len);
+                while pos < end {
+                    let Some(e) = seg.extents.get(ext) else {
+                        return Err(RepoError::Invalid(
+                            "internal error: extents do not cover the segment".into(),
+                        ));
+                    };
+                    let e_end = (e.end() - seg.offset) as usize;
+                    if e_end <= pos {
+                        ext += 1;
+                        continue;
                     }
+                    let take = (e_end.min(end) - pos) as u64;
+                    if e.kind == ExtentKind::Unallocated {
+                        push_entry(&mut r.entries, EntryKind::Unallocated, take);
+                    } else {
+                        r.zero += take;
+                        push_entry(&mut r.entries, EntryKind::Zero, take);
+                    }
+                    pos += take as usize;
                 }
+            }
+            CutKind::Data(id) => {
+                r.chunks += 1;
+                sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
+                if sh.store_chunk(id, &buf[c.start..c.start + c.len], KIND_DATA, slot)? {
+                    sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
+                }
+                push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
             }
         }
     }
@@ -509,10 +525,11 @@ fn backup_disk(
             };
             let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
             scope.spawn(move |_| {
+                let mut buf = buf;
                 let r = if sh.aborted() {
                     Err(RepoError::Invalid("backup aborted".into()))
                 } else {
-                    process_segment(sh, &seg, &buf)
+                    process_segment(sh, &seg, &mut buf)
                 };
                 let _ = buf_tx.send(buf);
                 let _ = res_tx.send(r);
