@@ -5,7 +5,8 @@ use clap::ValueEnum;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
-use vmvault_ingest::{qcow2, vhd, ImageFormat, ImageWriter};
+use vmvault_ingest::vmdk::VmdkSubformat;
+use vmvault_ingest::{qcow2, vhd, vmdk, ImageFormat, ImageWriter};
 
 /// VMDK layouts `restore --vmdk-subformat` can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,7 +86,13 @@ pub fn disk_writer(
 ) -> Result<Box<dyn ImageWriter>> {
     Ok(match fmt.format {
         ImageFormat::Qcow2 => qcow2::create_writer(out, name, size)?,
-        ImageFormat::Vmdk => bail!("VMDK writer pending ({:?}, {name}, {size})", fmt.vmdk),
+        ImageFormat::Vmdk => {
+            let sub = match fmt.vmdk {
+                VmdkLayout::MonolithicSparse => VmdkSubformat::MonolithicSparse,
+                VmdkLayout::StreamOptimized => VmdkSubformat::StreamOptimized,
+            };
+            vmdk::create_writer(out, name, size, sub)?
+        }
         ImageFormat::Vhd => vhd::create_writer(out, name, size, fmt.vhd == VhdSubformat::Fixed)?,
         other => bail!("restore cannot write {other} images"),
     })
