@@ -194,7 +194,7 @@ fn gaps_cut_exactly_like_zero_filled_bytes() {
             let g = sizes[k % sizes.len()].min(len - pos);
             gaps.push(pos..pos + g);
             // Zeros in the data right after some gaps, which a zero run may absorb.
-            let tail = if k % 3 == 0 { 8192 } else { 0 };
+            let tail = if k.is_multiple_of(3) { 8192 } else { 0 };
             let after = (pos + g + tail).min(len);
             data[pos + g..after].fill(0);
             pos = after + 40_000 + (k * 7919) % 200_000;
@@ -211,7 +211,7 @@ fn gaps_cut_exactly_like_zero_filled_bytes() {
                 *b = (i as u8) | 1;
             }
         }
-        let offset = round * 512 + if round % 2 == 0 { 0 } else { 1000 };
+        let offset = round * 512 + if round.is_multiple_of(2) { 0 } else { 1000 };
         let (mut want, mut got) = (Vec::new(), Vec::new());
         c.split(&filled, offset, &mut want);
         c.split_with_gaps(&mut garbage, offset, &gaps, &mut got);
