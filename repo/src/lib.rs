@@ -7,6 +7,7 @@ pub mod blob;
 pub mod cache;
 pub mod check;
 pub mod crypto;
+pub mod disk_reader;
 pub mod error;
 pub mod format;
 pub mod lock;
