@@ -87,7 +87,19 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         return restore_xva(cli, a, &repo, &id, &snap, &disks);
     }
     if a.target.as_os_str() == "-" {
-        bail!("only --format xva can be written to standard output ('-')");
+        if a.format != ImageFormat::Vmdk || a.vmdk_subformat != VmdkLayout::StreamOptimized {
+            bail!(
+                "only --format xva and --format vmdk --vmdk-subformat streamOptimized can be \
+                 written to standard output ('-')"
+            );
+        }
+        let [d] = disks.as_slice() else {
+            bail!(
+                "the snapshot has {} disks; choose one with --disk to stream it",
+                disks.len()
+            );
+        };
+        return restore_vmdk_stream(cli, a, &repo, &id, d);
     }
     // One disk goes to the target itself unless the target is a directory.
     let into_dir = disks.len() > 1
@@ -314,6 +326,50 @@ fn restore_xva(
             &id[..12],
             human::bytes(data),
             human::bytes(written)
+        );
+    }
+    Ok(crate::exit::OK)
+}
+
+/// `restore --format vmdk --vmdk-subformat streamOptimized --target -`: one disk as a
+/// streamOptimized VMDK on standard output.
+fn restore_vmdk_stream(
+    cli: &Cli,
+    a: &RestoreArgs,
+    repo: &Repository,
+    id: &str,
+    d: &SnapshotDisk,
+) -> Result<i32> {
+    let _lock = vmvault_repo::lock::lock(repo, "restore", false).map_err(|e| anyhow!(e))?;
+    let cache = context::cache(cli, repo)?;
+    let opts = RestoreOptions {
+        overwrite: a.overwrite,
+        threads: a.threads,
+        cancel: Some(crate::cancel_flag().clone()),
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut w =
+        vmvault_ingest::vmdk::create_stream_writer(out, &format!("{}.vmdk", d.name), d.size)?;
+    let started = Instant::now();
+    let s = restore_disk_ordered(
+        repo,
+        &cache,
+        d,
+        &mut |off, bytes| Ok(w.write_data(off, bytes)?),
+        &opts,
+        &RestoreProgress::default(),
+    )
+    .map_err(|e| anyhow!(e))
+    .with_context(|| format!("restore of disk {} failed", d.name))?;
+    let written = w.finish()?;
+    if !cli.quiet {
+        eprintln!(
+            "restored disk {} of snapshot {} as streamOptimized VMDK ({} data, {} written) to stdout in {:.2} s",
+            d.name,
+            &id[..12],
+            human::bytes(s.data_bytes),
+            human::bytes(written),
+            started.elapsed().as_secs_f64()
         );
     }
     Ok(crate::exit::OK)

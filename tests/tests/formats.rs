@@ -428,3 +428,37 @@ fn xva_round_trips_through_stdin_and_stdout() {
     run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["bad.xva"]);
     assert_eq!(v.snapshots().len(), before);
 }
+
+#[test]
+fn stream_optimized_vmdk_streams_to_stdout() {
+    let v = Vault::init();
+    let reference = reference_disk(&v);
+    let b = v.backup("esx01", &[&reference]);
+    let out = v.path("esx01.vmdk");
+    let mut c = v.cmd();
+    c.args([
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--format",
+        "vmdk",
+        "--vmdk-subformat",
+        "streamOptimized",
+        "--target",
+        "-",
+    ]);
+    c.stdout(std::fs::File::create(&out).unwrap());
+    assert!(c.status().unwrap().success());
+    assert_check(&out, "vmdk");
+    assert_compare(&out, "vmdk", &reference);
+    // Other formats cannot stream.
+    let mut c = v.cmd();
+    c.args([
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--format",
+        "qcow2",
+        "--target",
+        "-",
+    ]);
+    run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["standard output"]);
+}
