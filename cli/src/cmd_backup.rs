@@ -1,5 +1,6 @@
 //! `vmvault backup`.
 
+use crate::exit::UsageError;
 use crate::{context, human, progress, Cli};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -161,8 +162,13 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
         let stream = std::io::Cursor::new(head).chain(stdin);
         return match format {
             ImageFormat::Xva => {
-                if name.is_some() {
-                    bail!("--disk-name does not apply to an XVA archive (its disks are named from ova.xml)");
+                if name.is_some() || a.size.is_some() {
+                    return Err(UsageError(
+                        "--disk-name and --size do not apply to an XVA archive (its disks and \
+                         their sizes come from its ova.xml)"
+                            .into(),
+                    )
+                    .into());
                 }
                 open_xva(stream, "stdin")
             }
@@ -191,12 +197,23 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
     match format {
         ImageFormat::Xva => {
             if name.is_some() {
-                bail!("--disk-name does not apply to an XVA archive (its disks are named from ova.xml)");
+                return Err(UsageError(
+                    "--disk-name does not apply to an XVA archive (its disks are named from \
+                     its ova.xml)"
+                        .into(),
+                )
+                .into());
             }
             let file = std::fs::File::open(p).with_context(|| format!("cannot open {path}"))?;
             open_xva(std::io::BufReader::with_capacity(1 << 20, file), &shown)
         }
         ImageFormat::Raw => {
+            if a.backing.is_some() {
+                return Err(UsageError(format!(
+                    "--backing given, but {path} is a raw disk, which has no backing file"
+                ))
+                .into());
+            }
             let raw = RawFile::open(p)?;
             Ok(one(name, shown, Box::new(Sequential::new(raw))))
         }

@@ -1,5 +1,6 @@
 //! `vmvault restore`.
 
+use crate::exit::UsageError;
 use crate::image_out::{create_file, disk_writer, OutputFormat, VhdSubformat, VmdkLayout};
 use crate::{context, human, progress, Cli};
 use anyhow::{anyhow, bail, Context, Result};
@@ -42,11 +43,12 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "raw")]
     pub format: ImageFormat,
     /// VMDK layout: monolithicSparse or streamOptimized (what vSphere/OVF import takes).
-    #[arg(long, value_enum, default_value_t = VmdkLayout::MonolithicSparse)]
-    pub vmdk_subformat: VmdkLayout,
-    /// VHD layout.
-    #[arg(long, value_enum, default_value_t = VhdSubformat::Dynamic)]
-    pub vhd_subformat: VhdSubformat,
+    /// [default: monolithicSparse]
+    #[arg(long, value_enum)]
+    pub vmdk_subformat: Option<VmdkLayout>,
+    /// VHD layout [default: dynamic].
+    #[arg(long, value_enum)]
+    pub vhd_subformat: Option<VhdSubformat>,
     /// Do not write the snapshot's configuration files into the target directory.
     #[arg(long)]
     pub no_config: bool,
@@ -75,23 +77,30 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     if disks.is_empty() {
         bail!("snapshot {} has no disks", &id[..12]);
     }
+    let usage = |m: &str| -> anyhow::Error { UsageError(m.to_string()).into() };
     if a.format == ImageFormat::Vhdx {
-        bail!("restore cannot write VHDX; use --format vhd");
+        return Err(usage("restore cannot write VHDX; use --format vhd"));
+    }
+    if a.vmdk_subformat.is_some() && a.format != ImageFormat::Vmdk {
+        return Err(usage("--vmdk-subformat applies only to --format vmdk"));
+    }
+    if a.vhd_subformat.is_some() && a.format != ImageFormat::Vhd {
+        return Err(usage("--vhd-subformat applies only to --format vhd"));
     }
     let fmt = OutputFormat {
         format: a.format,
-        vmdk: a.vmdk_subformat,
-        vhd: a.vhd_subformat,
+        vmdk: a.vmdk_subformat.unwrap_or(VmdkLayout::MonolithicSparse),
+        vhd: a.vhd_subformat.unwrap_or(VhdSubformat::Dynamic),
     };
     if a.format == ImageFormat::Xva {
         return restore_xva(cli, a, &repo, &id, &snap, &disks);
     }
     if a.target.as_os_str() == "-" {
-        if a.format != ImageFormat::Vmdk || a.vmdk_subformat != VmdkLayout::StreamOptimized {
-            bail!(
+        if a.format != ImageFormat::Vmdk || fmt.vmdk != VmdkLayout::StreamOptimized {
+            return Err(usage(
                 "only --format xva and --format vmdk --vmdk-subformat streamOptimized can be \
-                 written to standard output ('-')"
-            );
+                 written to standard output ('-')",
+            ));
         }
         let [d] = disks.as_slice() else {
             bail!(
@@ -131,13 +140,34 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         threads: a.threads,
         cancel: Some(crate::cancel_flag().clone()),
     };
-    let mut results = Vec::new();
-    for d in &disks {
-        let path: PathBuf = if into_dir {
+    let path_of = |d: &SnapshotDisk| -> PathBuf {
+        if into_dir {
             a.target.join(format!("{}.{}", d.name, fmt.extension()))
         } else {
             a.target.clone()
-        };
+        }
+    };
+    let with_configs = into_dir && a.disk.is_none() && !a.no_config;
+    // Refuse before writing anything, so a conflict never leaves a partial restore.
+    if !a.overwrite {
+        let config_paths = snap
+            .configs
+            .iter()
+            .filter(|_| with_configs)
+            .map(|c| a.target.join(&c.name));
+        for p in disks.iter().map(&path_of).chain(config_paths) {
+            let m = std::fs::metadata(&p);
+            if m.as_ref().is_ok_and(|m| m.is_file() && m.len() > 0) {
+                bail!(
+                    "{} exists; refusing to overwrite it (use --overwrite); nothing was written",
+                    p.display()
+                );
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for d in &disks {
+        let path = path_of(d);
         let s = if a.format == ImageFormat::Raw {
             restore_disk(&repo, &cache, d, Path::new(&path), &opts, &prog).map_err(|e| anyhow!(e))
         } else {
@@ -147,7 +177,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         results.push((d.name.clone(), path, s));
     }
     let mut configs = Vec::new();
-    if into_dir && a.disk.is_none() && !a.no_config {
+    if with_configs {
         for c in &snap.configs {
             let path = a.target.join(&c.name);
             restore_disk(&repo, &cache, &c.as_disk(), &path, &opts, &prog)

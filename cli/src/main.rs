@@ -82,6 +82,17 @@ fn fix_malloc_mmap_threshold() {
     }
 }
 
+/// Lets a closed output pipe end the process quietly, as it does for other Unix tools
+/// (`vmvault snapshots | head -1`), instead of a panic in `println!`. Not for `restore`,
+/// whose stream output must fail as an error so that it releases its lock.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of SIGPIPE (Rust's runtime sets it to
+    // ignore); called from the main thread before any other thread or handler uses it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Set by the first SIGINT/SIGTERM; long operations poll it and stop cleanly (their
 /// locks are released, nothing half-done is committed). A second signal exits at once.
 pub fn cancel_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicBool> {
@@ -119,6 +130,9 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if !matches!(cli.command, Command::Restore(_)) {
+        default_sigpipe();
+    }
     let result = match &cli.command {
         Command::Init => context::init(&cli),
         Command::Backup(a) => cmd_backup::run(&cli, a),

@@ -102,6 +102,28 @@ pub fn detect(head: &[u8], tail: &[u8]) -> ImageFormat {
     ImageFormat::Raw
 }
 
+/// Containers vmvault does not read, recognised by their magic bytes so that they are
+/// refused instead of being backed up as if their file bytes were the guest's disk.
+/// Returns the container's name.
+pub fn unsupported_container(head: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
+        return Some("VirtualBox VDI");
+    }
+    let table: [(&[u8], &str); 9] = [
+        (b"QED\0", "QEMU QED"),
+        (b"WithoutFreeSpace", "Parallels"),
+        (b"WithouFreSpacExt", "Parallels"),
+        (b"LUKS\xba\xbe", "LUKS-encrypted"),
+        (b"\x1f\x8b", "gzip-compressed"),
+        (b"\xfd7zXZ\0", "xz-compressed"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+        (b"BZh", "bzip2-compressed"),
+        (b"QFI\xfb\0\0\0\x01", "qcow version 1"),
+    ];
+    table.into_iter().find(|(m, _)| at(0, m)).map(|(_, n)| n)
+}
+
 /// A VMDK text descriptor: the comment line VMware and qemu write, or a `version=` line
 /// followed by `createType=` near the start, in a file that is plain text.
 fn is_vmdk_descriptor(head: &[u8]) -> bool {
@@ -143,6 +165,21 @@ mod tests {
         tar[..7].copy_from_slice(b"ova.xml");
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(detect(&tar, b""), ImageFormat::Xva);
+    }
+
+    #[test]
+    fn unsupported_containers_are_named() {
+        let mut vdi = vec![0u8; 512];
+        vdi[0x40..0x44].copy_from_slice(&[0x7f, 0x10, 0xda, 0xbe]);
+        assert_eq!(unsupported_container(&vdi), Some("VirtualBox VDI"));
+        assert_eq!(unsupported_container(b"QED\0\0\0"), Some("QEMU QED"));
+        assert_eq!(
+            unsupported_container(b"\x1f\x8b\x08"),
+            Some("gzip-compressed")
+        );
+        assert_eq!(unsupported_container(&[0u8; 512]), None);
+        // A bzip2 magic that is only "BZh" plus text is still refused; a plain disk is not.
+        assert_eq!(unsupported_container(b"\xeb\x3c\x90mkfs.fat"), None);
     }
 
     #[test]

@@ -129,7 +129,9 @@ pub struct OpenOptions {
     pub backing: Option<PathBuf>,
 }
 
-/// Reads the bytes [`detect`] needs from `file` and returns the detected format.
+/// Reads the bytes [`detect`] needs from `file` and returns the detected format; a
+/// container vmvault does not read (VDI, QED, compressed files, ...) is an error rather
+/// than "raw".
 pub fn probe(file: &dyn ReadAt) -> Result<ImageFormat, IngestError> {
     let len = file.len();
     let mut head = vec![0u8; len.min(DETECT_HEAD as u64) as usize];
@@ -144,7 +146,21 @@ pub fn probe(file: &dyn ReadAt) -> Result<ImageFormat, IngestError> {
     };
     read(0, &mut head)?;
     read(len - tail.len() as u64, &mut tail)?;
-    Ok(detect(&head, &tail))
+    let format = detect(&head, &tail);
+    if format == ImageFormat::Raw {
+        if let Some(kind) = crate::detect::unsupported_container(&head) {
+            return Err(IngestError::Unimplemented {
+                what: file.name().to_string(),
+                format: "image",
+                reason: format!(
+                    "this is a {kind} file, which vmvault does not read; convert it \
+                     (`qemu-img convert -O qcow2`, or decompress it), or give --format raw \
+                     to store the file's bytes as they are"
+                ),
+            });
+        }
+    }
+    Ok(format)
 }
 
 /// Detects the format of the file at `path` (a file or block device).

@@ -34,6 +34,15 @@ impl<R: Read + Send> StreamDisk<R> {
     }
 
     fn check_end(&self, total: u64) -> Result<(), IngestError> {
+        if total == 0 && self.expected.is_none() {
+            // An exporter that failed upstream leaves an empty pipe: never a disk.
+            return Err(IngestError::Unsupported {
+                path: self.name.clone().into(),
+                reason: "the stream is empty (did the program writing it fail?); give \
+                         --size 0 to store an empty disk on purpose"
+                    .into(),
+            });
+        }
         match self.expected {
             Some(expected) if total != expected => Err(IngestError::Truncated {
                 what: self.name.clone(),

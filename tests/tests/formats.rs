@@ -460,5 +460,95 @@ fn stream_optimized_vmdk_streams_to_stdout() {
         "--target",
         "-",
     ]);
-    run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["standard output"]);
+    run_command(c, Stdio::null()).assert_fails(exit::USAGE, &["standard output"]);
+}
+
+#[test]
+fn unsupported_containers_empty_streams_and_misuse_are_refused() {
+    let v = Vault::init();
+    // A VirtualBox VDI is not read as if its file bytes were the disk.
+    let vdi = v.path("v.vdi");
+    sh(
+        "qemu-img",
+        ["create", "-q", "-f", "vdi", vdi.to_str().unwrap(), "64M"],
+    );
+    let mut c = v.cmd();
+    c.args(["backup", "--vm", "bad"]).arg(&vdi);
+    run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["v.vdi", "VirtualBox VDI"]);
+    assert!(v.snapshots().is_empty());
+    // ... unless the user asks for the bytes as they are.
+    v.backup_with("bytes", &[&vdi], &["--format", "raw"]);
+
+    // An empty pipe (an exporter that failed) is not a disk.
+    let mut c = v.cmd();
+    c.args(["backup", "--vm", "empty", "-"]);
+    run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["empty"]);
+    assert_eq!(v.snapshots().len(), 1);
+
+    // Options that do not apply are usage errors.
+    let raw = v.path("r.raw");
+    std::fs::write(&raw, vec![1u8; 65536]).unwrap();
+    let mut c = v.cmd();
+    c.args(["backup", "--vm", "x", "--backing", "/nonexistent"])
+        .arg(&raw);
+    run_command(c, Stdio::null()).assert_fails(exit::USAGE, &["--backing"]);
+    let mut c = v.cmd();
+    c.args([
+        "restore",
+        "latest",
+        "--vm",
+        "bytes",
+        "--format",
+        "qcow2",
+        "--vhd-subformat",
+        "fixed",
+        "--target",
+    ])
+    .arg(v.path("o.qcow2"));
+    run_command(c, Stdio::null()).assert_fails(exit::USAGE, &["--vhd-subformat"]);
+    let mut c = v.cmd();
+    c.args([
+        "restore", "latest", "--vm", "bytes", "--format", "qcow2", "--target", "-",
+    ]);
+    run_command(c, Stdio::null()).assert_fails(exit::USAGE, &["standard output"]);
+}
+
+#[test]
+fn a_conflicting_target_stops_the_restore_before_anything_is_written() {
+    let v = Vault::init();
+    let a = v.path("a.raw");
+    let b = v.path("b.raw");
+    for p in [&a, &b] {
+        std::fs::write(p, vec![7u8; 1 << 20]).unwrap();
+    }
+    let snap = v.backup("two", &[&a, &b]);
+    let dir = v.path("out/");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("b.raw"), b"keep me").unwrap();
+    let mut c = v.cmd();
+    c.args(["restore", snap["id"].as_str().unwrap(), "--target"])
+        .arg(&dir);
+    run_command(c, Stdio::null()).assert_fails(exit::FAILURE, &["b.raw", "nothing was written"]);
+    assert!(
+        !dir.join("a.raw").exists(),
+        "a.raw was written before the conflict"
+    );
+    assert_eq!(std::fs::read(dir.join("b.raw")).unwrap(), b"keep me");
+}
+
+#[test]
+fn listing_into_a_closed_pipe_does_not_panic() {
+    let v = Vault::init();
+    let raw = v.path("r.raw");
+    std::fs::write(&raw, vec![1u8; 65536]).unwrap();
+    v.backup("p", &[&raw]);
+    let mut c = v.cmd();
+    c.args(["snapshots"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // Close the read end before vmvault writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
