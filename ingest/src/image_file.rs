@@ -22,6 +22,12 @@ pub trait ReadAt: Send {
 
     /// The file's name as the user gave it, for error messages.
     fn name(&self) -> &str;
+
+    /// The ranges of `[offset, offset + len)` (clamped to the file) that hold data, sorted;
+    /// the rest are holes that read as zeros. `None` when unknown (all may be data).
+    fn data_ranges(&self, _offset: u64, _len: u64) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
 
 /// An image file (or block device) on disk.
@@ -76,6 +82,31 @@ impl ReadAt for ImageFile {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn data_ranges(&self, offset: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        use rustix::fs::{seek, SeekFrom};
+        let end = offset.saturating_add(len).min(self.len);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                Err(rustix::io::Errno::NXIO) => end,
+                // No SEEK_DATA here (or a block device): unknown.
+                Err(_) => return None,
+            };
+            if data >= end {
+                break;
+            }
+            let hole = match seek(&self.file, SeekFrom::Hole(data)) {
+                Ok(h) if h > data => h.min(end),
+                _ => end,
+            };
+            out.push((data, hole - data));
+            pos = hole;
+        }
+        Some(out)
     }
 }
 

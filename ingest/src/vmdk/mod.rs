@@ -258,14 +258,47 @@ impl DiskSource for VmdkDisk {
             let (from, to) = (offset.max(p_start), end.min(p_start + p_len));
             if from < to {
                 match &mut self.parts[i].store {
-                    Store::Flat { .. } => push_merged(
-                        &mut out,
-                        Extent {
-                            offset: from,
-                            len: to - from,
-                            kind: ExtentKind::Data,
-                        },
-                    ),
+                    Store::Flat { file, offset: base } => {
+                        // Holes in a flat extent file are never read.
+                        let at = *base + (from - p_start);
+                        if at.saturating_add(to - from) > file.len() {
+                            return Err(corrupt(
+                                file.name(),
+                                file.len(),
+                                "flat extent file is shorter than the descriptor says".into(),
+                            ));
+                        }
+                        let ranges = file
+                            .data_ranges(at, to - from)
+                            .unwrap_or_else(|| vec![(at, to - from)]);
+                        let mut pos = from;
+                        for (d, l) in ranges {
+                            let d_guest = from + (d - at);
+                            let gap = Extent {
+                                offset: pos,
+                                len: d_guest - pos,
+                                kind: ExtentKind::Unallocated,
+                            };
+                            push_merged(&mut out, gap);
+                            push_merged(
+                                &mut out,
+                                Extent {
+                                    offset: d_guest,
+                                    len: l,
+                                    kind: ExtentKind::Data,
+                                },
+                            );
+                            pos = d_guest + l;
+                        }
+                        push_merged(
+                            &mut out,
+                            Extent {
+                                offset: pos,
+                                len: to - pos,
+                                kind: ExtentKind::Unallocated,
+                            },
+                        );
+                    }
                     Store::Zero => push_merged(
                         &mut out,
                         Extent {
