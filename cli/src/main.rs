@@ -82,6 +82,23 @@ fn fix_malloc_mmap_threshold() {
     }
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text an earlier
+/// message already contains (library errors often include their source's text).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Lets a closed output pipe end the process quietly, as it does for other Unix tools
 /// (`vmvault snapshots | head -1`), instead of a panic in `println!`. Not for `restore`,
 /// whose stream output must fail as an error so that it releases its lock.
@@ -145,7 +162,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("vmvault: error: {e:#}");
+            eprintln!("vmvault: error: {}", error_text(&e));
             std::process::exit(exit::code_for(&e));
         }
     }

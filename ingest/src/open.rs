@@ -94,9 +94,13 @@ impl FileResolver for FsResolver {
             Some(p) => p,
             None => Self::resolve(from, reference),
         };
-        let canonical = std::fs::canonicalize(&path).map_err(|source| IngestError::Open {
-            path: path.clone(),
-            source,
+        let canonical = std::fs::canonicalize(&path).map_err(|e| IngestError::Unsupported {
+            path: PathBuf::from(from),
+            reason: format!(
+                "its backing (parent) file {} cannot be opened: {e}; if it moved, give its \
+                 new path with --backing",
+                path.display()
+            ),
         })?;
         if let Some(pos) = self.chain.iter().position(|p| *p == canonical) {
             let names: Vec<String> = self.chain[pos..]
