@@ -364,6 +364,20 @@ fn restore_batch_with(
     Ok(written)
 }
 
+/// The restore's worker threads: `opts.threads`, or one per core.
+fn worker_pool(opts: &RestoreOptions) -> Result<(usize, rayon::ThreadPool)> {
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    Ok((threads, pool))
+}
+
 /// Restores one disk of a snapshot to `path` (a new or empty file, an existing file with
 /// `overwrite`, or a block device at least as large as the disk).
 pub fn restore_disk(
@@ -376,15 +390,7 @@ pub fn restore_disk(
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
     let target = Target::open(path, root.disk_size, opts)?;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let (_, pool) = worker_pool(opts)?;
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()
@@ -461,15 +467,7 @@ pub fn restore_disk_ordered(
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let (threads, pool) = worker_pool(opts)?;
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()
