@@ -75,3 +75,33 @@ pub enum IngestError {
         source: std::io::Error,
     },
 }
+
+/// Why an image structure could not be parsed, before the file and offset are known: a
+/// message, and whether the image uses a feature rather than being damaged. Parsers of
+/// byte slices return it; [`ParseError::at`] places it in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes are not a valid structure.
+    Corrupt(String),
+    /// A well-formed structure declares something vmvault does not read.
+    Unimplemented(String),
+}
+
+impl ParseError {
+    /// The [`IngestError`] for this failure in `file` (a `format` image) at `offset`.
+    pub fn at(self, file: &dyn crate::ReadAt, format: &'static str, offset: u64) -> IngestError {
+        match self {
+            ParseError::Corrupt(reason) => IngestError::Corrupt {
+                what: file.name().to_string(),
+                format,
+                offset,
+                reason,
+            },
+            ParseError::Unimplemented(reason) => IngestError::Unimplemented {
+                what: file.name().to_string(),
+                format,
+                reason,
+            },
+        }
+    }
+}

@@ -46,15 +46,7 @@ pub enum Compression {
     Zstd,
 }
 
-/// Why a structure could not be parsed: a message for [`crate::IngestError`], and whether
-/// the image uses a feature rather than being damaged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// The bytes are not a valid structure.
-    Corrupt(String),
-    /// A well-formed structure declares something vmvault does not read.
-    Unimplemented(String),
-}
+pub use crate::error::ParseError;
 
 /// A parsed qcow2 header whose fixed fields were checked for internal consistency (not
 /// yet against the file's length).

@@ -54,15 +54,7 @@ pub struct Footer {
     pub unique_id: [u8; 16],
 }
 
-/// Why a structure could not be parsed: a message for [`crate::IngestError`], and whether
-/// the image uses a feature rather than being damaged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// The bytes are not a valid structure.
-    Corrupt(String),
-    /// A well-formed structure declares something vmvault does not read.
-    Unimplemented(String),
-}
+pub use crate::error::ParseError;
 
 fn be16(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];

@@ -131,22 +131,10 @@ fn read_footer(file: &dyn ReadAt) -> Result<(Footer, bool, u64), IngestError> {
 
 /// A [`IngestError::Corrupt`] for `file` at `offset`.
 fn corrupt(file: &dyn ReadAt, offset: u64, reason: String) -> IngestError {
-    IngestError::Corrupt {
-        what: file.name().to_string(),
-        format: FORMAT,
-        offset,
-        reason,
-    }
+    ParseError::Corrupt(reason).at(file, FORMAT, offset)
 }
 
 /// Turns a structure's [`ParseError`] into the matching [`IngestError`].
 fn parse_err(file: &dyn ReadAt, offset: u64, e: ParseError) -> IngestError {
-    match e {
-        ParseError::Corrupt(reason) => corrupt(file, offset, reason),
-        ParseError::Unimplemented(reason) => IngestError::Unimplemented {
-            what: file.name().to_string(),
-            format: FORMAT,
-            reason,
-        },
-    }
+    e.at(file, FORMAT, offset)
 }
