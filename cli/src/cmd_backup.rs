@@ -8,7 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use vmvault_ingest::detect::{detect, DETECT_HEAD};
+use vmvault_ingest::detect::DETECT_HEAD;
+use vmvault_ingest::open::detect_supported;
 use vmvault_ingest::{
     open_disk, probe_path, xva, ImageFormat, OpenOptions, RawFile, Sequential, SequentialDisk,
     StreamDisk,
@@ -158,7 +159,10 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
             .take(DETECT_HEAD as u64)
             .read_to_end(&mut head)
             .context("cannot read standard input")?;
-        let format = a.format.unwrap_or_else(|| detect(&head, &[]));
+        let format = match a.format {
+            Some(f) => f,
+            None => detect_supported(&head, &[], "stdin")?,
+        };
         let stream = std::io::Cursor::new(head).chain(stdin);
         return match format {
             ImageFormat::Xva => {

@@ -150,12 +150,18 @@ pub fn probe(file: &dyn ReadAt) -> Result<ImageFormat, IngestError> {
     };
     read(0, &mut head)?;
     read(len - tail.len() as u64, &mut tail)?;
-    let format = detect(&head, &tail);
+    detect_supported(&head, &tail, file.name())
+}
+
+/// [`detect`], but a container vmvault does not read (VDI, QED, compressed files, ...) is
+/// an error naming `what` rather than "raw". `tail` may be empty (a stream).
+pub fn detect_supported(head: &[u8], tail: &[u8], what: &str) -> Result<ImageFormat, IngestError> {
+    let format = detect(head, tail);
     if format == ImageFormat::Raw {
-        if let Some(kind) = crate::detect::unsupported_container(&head) {
+        if let Some(kind) = crate::detect::unsupported_container(head) {
             return Err(IngestError::Unimplemented {
-                what: file.name().to_string(),
-                format: "image",
+                what: what.to_string(),
+                format: "disk",
                 reason: format!(
                     "this is a {kind} file, which vmvault does not read; convert it \
                      (`qemu-img convert -O qcow2`, or decompress it), or give --format raw \
