@@ -108,6 +108,7 @@ pub fn backup_image(
             source: Box::new(Sequential::new(raw)),
         }],
         configs: Vec::new(),
+        catalogs: Vec::new(),
         threads,
         cancel: None,
     };

@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vmvault_ingest::detect::DETECT_HEAD;
+use vmvault_ingest::guest::view::DiskSourceView;
 use vmvault_ingest::open::detect_supported;
+use vmvault_ingest::DiskSource;
 use vmvault_ingest::{
     open_disk, probe_path, xva, ImageFormat, OpenOptions, RawFile, Sequential, SequentialDisk,
     StreamDisk,
 };
 use vmvault_repo::backup::{backup, BackupRequest, ConfigInput, DiskInput, Progress};
+use vmvault_repo::catalog::CatalogSource;
 
 /// Arguments of `vmvault backup`.
 #[derive(Args, Debug)]
@@ -47,6 +50,10 @@ pub struct BackupArgs {
     /// OVMF vars, ova.xml, ...); repeatable.
     #[arg(long = "config", value_name = "FILE")]
     pub configs: Vec<PathBuf>,
+    /// Do not catalogue the guest file systems (their catalogs make `ls` and `find`
+    /// answer without reading the guest; single-file restore works either way).
+    #[arg(long)]
+    pub no_catalog: bool,
     /// Disk images (raw, qcow2, VMDK, VHD, XVA), block devices (e.g. LVM volumes), or '-'
     /// for standard input (a raw disk or an XVA stream).
     #[arg(required = true)]
@@ -118,6 +125,8 @@ fn read_configs(a: &BackupArgs) -> Result<Vec<ConfigInput>> {
 struct Opened {
     disks: Vec<DiskInput>,
     configs: Vec<ConfigInput>,
+    /// Second, random-access readers of the disks, for cataloguing (none for streams).
+    catalogs: Vec<CatalogSource>,
 }
 
 /// Opens an XVA stream: one disk per VDI, and its ova.xml as a config file.
@@ -140,6 +149,7 @@ fn open_xva<R: Read + Send + 'static>(reader: R, shown: &str) -> Result<Opened> 
             name: "ova.xml".into(),
             bytes: ova,
         }],
+        catalogs: Vec::new(),
     })
 }
 
@@ -151,6 +161,19 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
             source,
         }],
         configs: Vec::new(),
+        catalogs: Vec::new(),
+    };
+    // A second reader of the same disk for the cataloguer, which reads at random offsets
+    // while the backup streams through the first.
+    let with_catalog = |mut o: Opened, second: Box<dyn DiskSource>| {
+        if !a.no_catalog {
+            let disk = o.disks[0].name.clone();
+            o.catalogs.push(CatalogSource {
+                view: Arc::new(DiskSourceView::new(second, disk.clone())),
+                disk,
+            });
+        }
+        o
     };
     if path == "-" {
         let mut stdin = std::io::stdin();
@@ -219,7 +242,11 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
                 .into());
             }
             let raw = RawFile::open(p)?;
-            Ok(one(name, shown, Box::new(Sequential::new(raw))))
+            let second = RawFile::open(p)?;
+            Ok(with_catalog(
+                one(name, shown, Box::new(Sequential::new(raw))),
+                Box::new(second),
+            ))
         }
         other => {
             let opts = OpenOptions {
@@ -227,27 +254,33 @@ fn open_path(a: &BackupArgs, path: &str, name: Option<String>) -> Result<Opened>
                 backing: a.backing.clone(),
             };
             let disk = open_disk(p, &opts)?;
-            Ok(one(name, shown, Box::new(Sequential::new(disk))))
+            let second = open_disk(p, &opts)?;
+            Ok(with_catalog(
+                one(name, shown, Box::new(Sequential::new(disk))),
+                second,
+            ))
         }
     }
 }
 
-fn open_inputs(a: &BackupArgs) -> Result<(Vec<DiskInput>, Vec<ConfigInput>)> {
+fn open_inputs(a: &BackupArgs) -> Result<(Vec<DiskInput>, Vec<ConfigInput>, Vec<CatalogSource>)> {
     let mut disks = Vec::new();
+    let mut catalogs = Vec::new();
     let mut configs = read_configs(a)?;
     for (i, path) in a.paths.iter().enumerate() {
         let opened = open_path(a, path, a.disk_names.get(i).cloned())
             .with_context(|| format!("cannot read {path}"))?;
         disks.extend(opened.disks);
         configs.extend(opened.configs);
+        catalogs.extend(opened.catalogs);
     }
-    Ok((disks, configs))
+    Ok((disks, configs, catalogs))
 }
 
 /// Runs `vmvault backup`.
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     validate(a)?;
-    let (inputs, configs) = open_inputs(a)?;
+    let (inputs, configs, catalogs) = open_inputs(a)?;
     let repo = context::open(cli)?;
     let _lock = vmvault_repo::lock::lock(&repo, "backup", false).map_err(|e| anyhow!(e))?;
     let cache = context::cache(cli, &repo)?;
@@ -276,6 +309,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         tags: a.tags.clone(),
         disks: inputs,
         configs,
+        catalogs,
         threads: a.threads,
         cancel: Some(crate::cancel_flag().clone()),
     };
@@ -321,6 +355,17 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             human::rate(s.logical_bytes, s.duration_secs),
             human::rate(s.read_bytes, s.duration_secs)
         );
+        if s.catalogued_volumes > 0 {
+            println!(
+                "  catalogued    {:>12}  ({} file system{})",
+                format!("{} entries", s.catalog_entries),
+                s.catalogued_volumes,
+                if s.catalogued_volumes == 1 { "" } else { "s" }
+            );
+        }
+    }
+    for w in &s.catalog_warnings {
+        eprintln!("vmvault: warning: catalog: {w}");
     }
     Ok(crate::exit::OK)
 }

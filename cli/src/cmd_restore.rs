@@ -52,10 +52,26 @@ pub struct RestoreArgs {
     /// Do not write the snapshot's configuration files into the target directory.
     #[arg(long)]
     pub no_config: bool,
+    /// Restore this file or directory tree from inside a guest file system instead of
+    /// whole disks: DISK/PART/path, written to TARGET/DISK/PART/path with its
+    /// permissions, times and symlinks (owners too when run as root); repeatable.
+    #[arg(long = "include", value_name = "PATH")]
+    pub includes: Vec<String>,
 }
 
 /// Runs `vmvault restore`.
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
+    if !a.includes.is_empty() {
+        if a.disk.is_some() || a.format != ImageFormat::Raw || a.no_config {
+            return Err(UsageError(
+                "--include restores files; --disk, --format and --no-config apply to disk restores"
+                    .into(),
+            )
+            .into());
+        }
+        let b = crate::browse::Browser::open(cli, &a.snapshot, a.vm.as_deref())?;
+        return crate::restore_files::run(cli, &b, &a.includes, &a.target, a.overwrite);
+    }
     let repo = context::open(cli)?;
     let (id, snap) = repo
         .resolve_snapshot(&a.snapshot, a.vm.as_deref())

@@ -48,6 +48,17 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<i32> {
                         "name": c.name,
                         "size": c.size,
                     })).collect::<Vec<_>>(),
+                    "catalogs": s.catalogs.iter().map(|c| serde_json::json!({
+                        "disk": c.disk,
+                        "volume": c.volume,
+                        "content": c.content,
+                        "start": c.start,
+                        "size": c.size,
+                        "description": c.description,
+                        "entries": c.entries,
+                        "catalogued": c.manifest.is_some(),
+                        "note": c.note,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -43,6 +43,7 @@ fn backup_once(repo: &Repository, cache: &IndexCache, disk: &Path) -> Result<Bac
             source: Box::new(source),
         }],
         configs: Vec::new(),
+        catalogs: Vec::new(),
         threads: 0,
         cancel: Some(crate::cancel_flag().clone()),
     };

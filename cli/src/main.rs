@@ -3,8 +3,13 @@
 //! This binary only parses arguments, opens the repository, shows progress and prints
 //! results; the work is done by the `vmvault-repo` and `vmvault-ingest` crates.
 
+mod browse;
 mod cmd_backup;
 mod cmd_check;
+mod cmd_dump;
+mod cmd_find;
+mod cmd_ls;
+mod cmd_mount;
 mod cmd_restore;
 mod cmd_snapshots;
 mod context;
@@ -14,6 +19,7 @@ mod exit;
 mod human;
 mod image_out;
 mod progress;
+mod restore_files;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -65,6 +71,14 @@ pub enum Command {
     Check(cmd_check::CheckArgs),
     /// Show repository sizes, deduplication ratio, chunks and packs.
     Stats,
+    /// List the disks, partitions and guest files of a snapshot.
+    Ls(cmd_ls::LsArgs),
+    /// Write one guest file of a snapshot to standard output.
+    Dump(cmd_dump::DumpArgs),
+    /// Search the file catalogs of every snapshot.
+    Find(cmd_find::FindArgs),
+    /// Mount the snapshots read-only with FUSE: whole disks and guest files.
+    Mount(cmd_mount::MountArgs),
     /// Run a self-contained demonstration in a temporary directory.
     Demo(demo::DemoArgs),
 }
@@ -157,6 +171,10 @@ fn main() {
         Command::Restore(a) => cmd_restore::run(&cli, a),
         Command::Check(a) => cmd_check::run(&cli, a),
         Command::Stats => cmd_snapshots::stats(&cli),
+        Command::Ls(a) => cmd_ls::run(&cli, a),
+        Command::Dump(a) => cmd_dump::run(&cli, a),
+        Command::Find(a) => cmd_find::run(&cli, a),
+        Command::Mount(a) => cmd_mount::run(&cli, a),
         Command::Demo(a) => demo::run(&cli, a),
     };
     match result {

@@ -9,6 +9,7 @@ pub mod detect;
 mod error;
 mod extent;
 pub mod fuzzing;
+pub mod guest;
 pub mod image_file;
 pub mod open;
 pub mod qcow2;

@@ -82,6 +82,9 @@ pub struct BackupRequest {
     pub disks: Vec<DiskInput>,
     /// Configuration files to store with the disks.
     pub configs: Vec<ConfigInput>,
+    /// Disks whose guest file systems to catalogue (FORMAT.md section 15), walked while
+    /// the disks are backed up; empty for `--no-catalog` or stream sources.
+    pub catalogs: Vec<crate::catalog::CatalogSource>,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// Set from outside (a signal handler) to stop the backup; nothing is committed.
@@ -116,6 +119,12 @@ pub struct BackupSummary {
     pub index_files: u64,
     /// Wall time in seconds.
     pub duration_secs: f64,
+    /// Volumes catalogued and file system entries listed in their catalogs.
+    pub catalogued_volumes: u64,
+    /// Entries in the catalogs.
+    pub catalog_entries: u64,
+    /// What cataloguing could not read (the backup itself is complete).
+    pub catalog_warnings: Vec<String>,
 }
 
 /// State shared by every stage of one backup.
@@ -671,7 +680,14 @@ pub fn backup(
             progress.total.fetch_add(s, Ordering::Relaxed);
         }
     }
+    let catalog_sources = req.catalogs;
     let (disks, uploaded) = std::thread::scope(|s| {
+        let cataloguer = s.spawn(|| {
+            catalog_sources
+                .iter()
+                .map(|c| (c.disk.clone(), crate::catalog::build_catalogs(c)))
+                .collect::<Vec<_>>()
+        });
         let uploader = s.spawn(|| {
             let r = upload_loop(repo, cache, &sh.pending, pack_rx, spare_tx);
             if r.is_err() {
@@ -715,6 +731,41 @@ pub fn backup(
                 }
             }
         }
+        let mut catalogs = Vec::new();
+        let mut catalog_warnings = Vec::new();
+        let built = cataloguer.join().unwrap_or_else(|_| {
+            catalog_warnings.push("cataloguing failed (internal error)".to_string());
+            Vec::new()
+        });
+        for (disk, (volumes, problem)) in built {
+            if let Some(p) = problem {
+                catalog_warnings.push(format!("{disk}: {p}"));
+            }
+            for v in volumes {
+                let mut record = v.record;
+                if let Some(note) = &record.note {
+                    if record.content != "lvm2-pv" && record.content != "unknown" {
+                        catalog_warnings.push(format!("{}/{}: {note}", record.disk, record.volume));
+                    }
+                }
+                if let (Some(bytes), true) = (v.bytes, result.is_ok()) {
+                    let size = bytes.len() as u64;
+                    let input = DiskInput {
+                        name: format!("{}/{}", record.disk, record.volume),
+                        source_path: String::new(),
+                        source: Box::new(
+                            StreamDisk::new(std::io::Cursor::new(bytes), "catalog")
+                                .with_expected_size(size),
+                        ),
+                    };
+                    match backup_disk(&sh, &pool, input, tree_slot) {
+                        Ok(d) => record.manifest = Some(d.manifest),
+                        Err(e) => result = Err(e),
+                    }
+                }
+                catalogs.push(record);
+            }
+        }
         if result.is_ok() {
             result = sh.flush_packers();
         }
@@ -722,7 +773,10 @@ pub fn backup(
         let uploaded = uploader
             .join()
             .unwrap_or_else(|_| Err(RepoError::Invalid("pack uploader panicked".into())));
-        (result.map(|()| (disks, configs)), uploaded)
+        (
+            result.map(|()| (disks, configs, catalogs, catalog_warnings)),
+            uploaded,
+        )
     });
     // The first error wins: a worker's or reader's error explains an abort better than
     // the "aborted" it causes elsewhere.
@@ -730,7 +784,7 @@ pub fn backup(
     if let Some(e) = first {
         return Err(e);
     }
-    let (disks, configs) = disks?;
+    let (disks, configs, catalogs, catalog_warnings) = disks?;
     let (packs, index_files) = uploaded?;
     let parent = repo
         .list_snapshots()?
@@ -739,7 +793,7 @@ pub fn backup(
         .rfind(|(_, s)| s.vm == req.vm)
         .map(|(n, _)| n);
     let snapshot = Snapshot {
-        version: if configs.is_empty() { 1 } else { 2 },
+        version: Snapshot::version_for(&configs, &catalogs),
         vm: req.vm,
         host: hostname(),
         time,
@@ -748,6 +802,7 @@ pub fn backup(
         program: format!("vmvault {}", env!("CARGO_PKG_VERSION")),
         disks,
         configs,
+        catalogs,
     };
     let name = repo.put_snapshot(&snapshot)?;
     let p = progress;
@@ -763,6 +818,13 @@ pub fn backup(
         packs,
         index_files,
         duration_secs: started.elapsed().as_secs_f64(),
+        catalogued_volumes: snapshot
+            .catalogs
+            .iter()
+            .filter(|c| c.manifest.is_some())
+            .count() as u64,
+        catalog_entries: snapshot.catalogs.iter().map(|c| c.entries).sum(),
+        catalog_warnings,
         snapshot_record: snapshot,
     })
 }

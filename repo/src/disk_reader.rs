@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use vmvault_chunker::ChunkId;
+use vmvault_ingest::guest::{GuestError, Result as GuestResult, VolumeRead};
 use vmvault_ingest::{Extent, ExtentKind, IngestError};
 
 /// Decoded chunk bytes kept, at most.
@@ -260,5 +261,104 @@ fn to_ingest(name: &str, offset: u64, e: RepoError) -> IngestError {
         what: format!("snapshot disk {name}"),
         offset,
         source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// A snapshot's disk as a guest volume: what partition, LVM and file system browsing read
+/// through. Reads are serialised by a mutex (each one still fetches its chunks in
+/// parallel); a read error reaches the caller as [`GuestError::Io`] with the cause.
+pub struct SnapshotVolume {
+    reader: std::sync::Mutex<SnapshotDiskReader<'static>>,
+    size: u64,
+    name: String,
+}
+
+impl SnapshotVolume {
+    /// Opens `disk` of a snapshot. The repository and cache must outlive every view,
+    /// hence `'static` (commands that browse keep them for the whole process).
+    pub fn open(
+        repo: &'static Repository,
+        cache: &'static IndexCache,
+        disk: &SnapshotDisk,
+    ) -> Result<Self> {
+        let reader = SnapshotDiskReader::open(repo, cache, disk)?;
+        Ok(SnapshotVolume {
+            size: reader.size(),
+            reader: std::sync::Mutex::new(reader),
+            name: disk.name.clone(),
+        })
+    }
+
+    /// The allocation map of `[offset, offset + len)`, as the backup recorded it.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extents(offset, len)
+    }
+}
+
+impl VolumeRead for SnapshotVolume {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> GuestResult<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(vmvault_ingest::guest::view::out_of_range(
+                &self.name,
+                offset,
+                buf.len(),
+            ));
+        }
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let n = r.read_at(offset, buf).map_err(|e| GuestError::Io {
+            what: self.name.clone(),
+            offset,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if n < buf.len() {
+            return Err(vmvault_ingest::guest::view::out_of_range(
+                &self.name,
+                offset,
+                buf.len(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A snapshot's disk (or a config file or catalog stored like one) as a sequential
+/// `Read`, for streams such as catalogs.
+pub struct SnapshotStream<'r> {
+    reader: SnapshotDiskReader<'r>,
+    pos: u64,
+}
+
+impl<'r> SnapshotStream<'r> {
+    /// Opens `disk` for reading from its start.
+    pub fn open(repo: &'r Repository, cache: &'r IndexCache, disk: &SnapshotDisk) -> Result<Self> {
+        Ok(SnapshotStream {
+            reader: SnapshotDiskReader::open(repo, cache, disk)?,
+            pos: 0,
+        })
+    }
+}
+
+impl std::io::Read for SnapshotStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self
+            .reader
+            .read_at(self.pos, buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }

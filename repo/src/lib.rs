@@ -5,6 +5,7 @@ pub mod backend;
 pub mod backup;
 pub mod blob;
 pub mod cache;
+pub mod catalog;
 pub mod check;
 pub mod crypto;
 pub mod disk_reader;

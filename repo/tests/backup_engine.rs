@@ -134,6 +134,7 @@ fn run_backup(
             source: Box::new(Sequential::new(disk)),
         }],
         configs: Vec::new(),
+        catalogs: Vec::new(),
         threads,
         cancel: None,
     };

@@ -117,6 +117,13 @@ replay_tests!(
     vmdk,
     vhd,
     xva,
+    catalog,
+    partitions,
+    lvm,
+    ext4,
+    ntfs,
+    fat,
+    guest_disk,
 );
 
 /// Writes the seed corpus from real encodings. Run by hand; `cargo fuzz cmin` may later
@@ -356,6 +363,7 @@ mod seeds {
             program: "vmvault 0.1.0".into(),
             disks,
             configs: Vec::new(),
+            catalogs: Vec::new(),
         };
         let parent = hex::encode([0xabu8; 32]);
         put(

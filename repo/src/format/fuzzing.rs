@@ -48,6 +48,13 @@ pub const TARGETS: &[&str] = &[
     "vmdk",
     "vhd",
     "xva",
+    "catalog",
+    "partitions",
+    "lvm",
+    "ext4",
+    "ntfs",
+    "fat",
+    "guest_disk",
 ];
 
 /// Runs the target called `name` on `data`; `false` if there is no such target.
@@ -66,6 +73,13 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "vmdk" => image(data, vmvault_ingest::fuzzing::vmdk),
         "vhd" => image(data, vmvault_ingest::fuzzing::vhd),
         "xva" => image(data, vmvault_ingest::xva::xva),
+        "catalog" => catalog(data),
+        "partitions" => image(data, vmvault_ingest::guest::fuzz_walk::partitions),
+        "lvm" => image(data, vmvault_ingest::guest::fuzz_walk::lvm),
+        "ext4" => image(data, vmvault_ingest::guest::fuzz_fs::ext4),
+        "ntfs" => image(data, vmvault_ingest::guest::fuzz_fs::ntfs),
+        "fat" => image(data, vmvault_ingest::guest::fuzz_fs::fat),
+        "guest_disk" => image(data, vmvault_ingest::guest::fuzz_fs::disk),
         _ => return false,
     }
     true
@@ -327,7 +341,7 @@ fn snapshot_inner(data: &[u8]) {
     let Ok(snap) = Snapshot::decode(data) else {
         return;
     };
-    assert_eq!(snap.version, 1);
+    assert!((1..=3).contains(&snap.version));
     let mut names = std::collections::HashSet::new();
     for d in &snap.disks {
         assert!(!d.name.is_empty() && !d.name.contains('/'));
@@ -404,4 +418,32 @@ fn lock_inner(data: &[u8]) {
     };
     let again = l.encode();
     assert_eq!(LockInfo::decode(&again).as_ref(), Ok(&l));
+}
+
+/// A catalog stream: [`CatalogDecoder`] until the end or the first error; decoded paths
+/// are valid catalog paths, and the decoded entries re-encode to a stream that decodes to
+/// the same entries.
+pub fn catalog(data: &[u8]) {
+    bounded(data, catalog_inner);
+}
+
+fn catalog_inner(data: &[u8]) {
+    use super::catalog::{valid_path, CatalogDecoder, CatalogEncoder};
+    let Ok(dec) = CatalogDecoder::new(data) else {
+        return;
+    };
+    let mut enc = CatalogEncoder::new();
+    let mut entries = Vec::new();
+    for e in dec {
+        let Ok(e) = e else { break };
+        assert!(valid_path(&e.path));
+        assert!(e.meta.mode <= 0o7777 && e.meta.mtime_nsec < 1_000_000_000);
+        assert!(enc.push(&e.path, &e.meta));
+        entries.push(e);
+    }
+    let again = enc.finish();
+    let back: Vec<_> = CatalogDecoder::new(&again[..])
+        .map(|d| d.map_while(Result::ok).collect())
+        .unwrap_or_default();
+    assert_eq!(back, entries);
 }

@@ -4,6 +4,7 @@
 //! but possibly written by a buggy or hostile writer) and must return an error, never
 //! panic or allocate more than a small multiple of their input.
 
+pub mod catalog;
 pub mod config;
 pub mod fuzzing;
 pub mod index;
