@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The guest file system parsers are not thread-safe, so every request is served by one
-//! worker thread that owns them; FUSE threads only hand requests over. Nodes get inode
+//! worker thread that owns them; FUSE threads only hand requests over. Directory
+//! listings come from the snapshot's catalog where it has one (no guest parsing). Nodes get inode
 //! numbers when first listed or looked up and keep them until unmount. A read error is
 //! logged with its cause and reaches the reader as EIO; the mount stays up.
 
@@ -688,8 +689,15 @@ pub fn run(cli: &Cli, a: &MountArgs) -> Result<i32> {
         MountOption::NoSuid,
     ]);
     let fs = MountFs { tx: Mutex::new(tx) };
-    let session = fuser::spawn_mount(fs, &a.mountpoint, &config)
-        .with_context(|| format!("cannot mount on {}", a.mountpoint.display()))?;
+    let session = fuser::spawn_mount(fs, &a.mountpoint, &config).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (a normal user needs /dev/fuse readable and writable by all, as Debian sets it, \
+             and fusermount3 from the fuse3 package)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot mount on {}: {e}{hint}", a.mountpoint.display())
+    })?;
     if !cli.quiet {
         eprintln!(
             "mounted {count} snapshot(s) of {vms} VM(s) at {}; Ctrl-C or `fusermount3 -u {}` unmounts",

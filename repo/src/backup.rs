@@ -109,9 +109,9 @@ pub struct BackupSummary {
     pub new_bytes: u64,
     /// Bytes added to packs after compression and encryption.
     pub stored_bytes: u64,
-    /// Data chunks referenced.
+    /// Data chunks the disks' manifests reference (config files and catalogs not counted).
     pub chunks: u64,
-    /// Data chunks that were new.
+    /// Chunks that were new to the repository (disks, config files and catalogs).
     pub new_chunks: u64,
     /// Packs written.
     pub packs: u64,
@@ -813,7 +813,7 @@ pub fn backup(
         zero_bytes: snapshot.disks.iter().map(|d| d.zero_bytes).sum(),
         new_bytes: p.new_raw.load(Ordering::Relaxed),
         stored_bytes: p.stored.load(Ordering::Relaxed),
-        chunks: p.chunks.load(Ordering::Relaxed),
+        chunks: snapshot.disks.iter().map(|d| d.data_chunks).sum(),
         new_chunks: p.new_chunks.load(Ordering::Relaxed),
         packs,
         index_files,

@@ -229,7 +229,16 @@ pub fn check(
     let mut affected: BTreeSet<String> = BTreeSet::new();
     for (sname, snap) in &snaps {
         report.snapshots += 1;
-        for disk in &snap.disks {
+        // Config files and catalogs are stored like disks: their manifests and chunks are
+        // checked the same way.
+        let stored: Vec<_> = snap
+            .disks
+            .iter()
+            .cloned()
+            .chain(snap.configs.iter().map(|c| c.as_disk()))
+            .chain(snap.catalogs.iter().filter_map(|c| c.as_disk()))
+            .collect();
+        for disk in &stored {
             let mut problem = |msg: String, id: Option<ChunkId>, report: &mut CheckReport| {
                 if let Some(id) = id {
                     damaged_used.insert(id.to_hex());

@@ -725,3 +725,121 @@ fn guest_lvm_logical_volumes_are_browsable() {
     let hits = v.json(&["find", "hostname"]);
     assert_eq!(hits[0]["path"], format!("lvm01/{lvname}/etc/hostname"));
 }
+
+#[test]
+fn ntfs_partition_files_dump_and_restore() {
+    let have = |t: &str| {
+        Command::new("which")
+            .arg(t)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !Path::new("/dev/fuse").exists() || !have("ntfs-3g") || !have("mkntfs") {
+        eprintln!("skipped: needs /dev/fuse, ntfs-3g and mkntfs");
+        return;
+    }
+    let v = Vault::init();
+    // An NTFS volume filled through ntfs-3g: nested directories, a non-resident file, a
+    // sparse file, a tiny (resident) file, a known mtime.
+    let ntfs = v.path("p1.ntfs");
+    std::fs::File::create(&ntfs)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    sh("mkntfs", ["-q", "-F", "-f", ntfs.to_str().unwrap()]);
+    let m = v.path("ntfs-mnt");
+    std::fs::create_dir(&m).unwrap();
+    sh("ntfs-3g", [ntfs.to_str().unwrap(), m.to_str().unwrap()]);
+    let big: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(7919) >> 5) as u8)
+        .collect();
+    let fill = || {
+        std::fs::create_dir_all(m.join("Windows/System32/drivers/etc")).unwrap();
+        std::fs::write(
+            m.join("Windows/System32/drivers/etc/hosts"),
+            b"127.0.0.1 localhost\n",
+        )
+        .unwrap();
+        std::fs::write(m.join("big.bin"), &big).unwrap();
+        let f = std::fs::File::create(m.join("sparse.bin")).unwrap();
+        f.set_len(10 * MIB).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"tail", 10 * MIB).unwrap();
+        drop(f);
+        touch(&m.join("big.bin"), 1_700_000_000);
+    };
+    let filled = std::panic::catch_unwind(fill);
+    sh("umount", [m.to_str().unwrap()]);
+    if let Err(p) = filled {
+        std::panic::resume_unwind(p);
+    }
+    let disk = v.path("win01.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(80 * MIB)
+        .unwrap();
+    let mut c = Command::new("sfdisk");
+    c.arg("-q").arg(&disk).stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("sfdisk runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, size=131072, type=7\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    place(&disk, &ntfs, MIB);
+    let id = backup(&v, "win01", &disk, &[]);
+    let top = v.json(&["ls", &id, "win01/p1"]);
+    let mut names: Vec<&str> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Windows", "big.bin", "sparse.bin"], "{top}");
+    let out = v
+        .cmd()
+        .args(["dump", &id, "win01/p1/big.bin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, big);
+    let out = v
+        .cmd()
+        .args(["dump", &id, "win01/p1/sparse.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout.len() as u64, 10 * MIB + 4);
+    assert!(out.stdout[..(10 * MIB) as usize].iter().all(|&b| b == 0));
+    assert_eq!(&out.stdout[(10 * MIB) as usize..], b"tail");
+    let target = v.path("out");
+    v.ok(&[
+        "restore",
+        &id,
+        "--include",
+        "win01/p1/Windows",
+        "--include",
+        "win01/p1/big.bin",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(target.join("win01/p1/Windows/System32/drivers/etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+    let meta = std::fs::metadata(target.join("win01/p1/big.bin")).unwrap();
+    assert_eq!(meta.mtime(), 1_700_000_000);
+    assert_eq!(std::fs::read(target.join("win01/p1/big.bin")).unwrap(), big);
+    let hits = v.json(&["find", "hosts"]);
+    assert_eq!(
+        hits[0]["path"],
+        "win01/p1/Windows/System32/drivers/etc/hosts"
+    );
+}
