@@ -149,6 +149,9 @@ fn install_signal_handler() {
 fn main() {
     fix_malloc_mmap_threshold();
     install_signal_handler();
+    // Damaged guest file systems can make a parser crate panic; those panics become
+    // errors naming the path, without a panic message.
+    vmvault_ingest::guest::install_guarded_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

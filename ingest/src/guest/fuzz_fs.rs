@@ -60,6 +60,9 @@ pub fn exercise(fs: &dyn GuestFs) {
 }
 
 fn one(data: &[u8], content: Content) {
+    // A panic a crate raises inside `guarded` becomes an error, as in the product; only
+    // one escaping it is a finding.
+    super::install_guarded_panic_hook();
     if let Ok(fs) = open_fs(content, view(data, "fuzz")) {
         exercise(&*fs);
     }
@@ -82,6 +85,7 @@ pub fn fat(data: &[u8]) {
 
 /// `data` as a whole disk: partitions, LVM and every browsable file system found.
 pub fn disk(data: &[u8]) {
+    super::install_guarded_panic_hook();
     let Ok(layout) = discover(view(data, "fuzz")) else {
         return;
     };

@@ -111,7 +111,10 @@ pub trait GuestFs {
 /// Runs `f`, turning a panic inside it (a bug in a file system crate reached by hostile
 /// bytes) into [`GuestError::Corrupt`] about `what`.
 pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    GUARD_DEPTH.with(|d| d.set(d.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARD_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    match outcome {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload
@@ -125,6 +128,26 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
             })
         }
     }
+}
+
+thread_local! {
+    /// How many [`guarded`] calls this thread is inside.
+    static GUARD_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Installs (once per process) a panic hook that stays silent for panics inside
+/// [`guarded`], which become errors, and hands every other panic to the hook that was in
+/// place before (the default message, or libFuzzer's abort).
+pub fn install_guarded_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARD_DEPTH.with(|d| d.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Splits a guest path into its components, ignoring empty ones and `.`; `..` is refused

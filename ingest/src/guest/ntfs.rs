@@ -139,6 +139,14 @@ impl Read for MeteredCursor {
         }
         self.meter.left.set(left - cost);
         match self.cursor.read(buf) {
+            // Past the end of the volume: zeros, not a short read. The crate turns an
+            // end-of-file in the middle of a structure into a panic (a binrw error it
+            // calls unreachable); zeros fail its signature and range checks instead.
+            Ok(0) if !buf.is_empty() => {
+                buf.fill(0);
+                self.pos = self.pos.saturating_add(buf.len() as u64);
+                Ok(buf.len())
+            }
             Ok(n) => {
                 self.pos = self.pos.saturating_add(n as u64);
                 Ok(n)
