@@ -324,6 +324,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         v["vm"] = s.snapshot_record.vm.clone().into();
         v["time"] = s.snapshot_record.time.clone().into();
         v["disks"] = serde_json::to_value(&s.snapshot_record.disks)?;
+        v["requests"] = serde_json::to_value(repo.backend().counters().snapshot())?;
         println!("{v}");
     } else if !cli.quiet {
         let d = &s.snapshot_record.disks;
@@ -355,6 +356,12 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             human::rate(s.logical_bytes, s.duration_secs),
             human::rate(s.read_bytes, s.duration_secs)
         );
+        if repo.backend().is_remote() {
+            println!(
+                "  requests      {}",
+                crate::cmd_sync::requests_text(&repo.backend().counters().snapshot())
+            );
+        }
         if s.catalogued_volumes > 0 {
             println!(
                 "  catalogued    {:>12}  ({} file system{})",

@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<i32> {
     if cli.json {
         let mut v = serde_json::to_value(&report)?;
         v["ok"] = ok.into();
+        v["requests"] = serde_json::to_value(repo.backend().counters().snapshot())?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for w in &report.warnings {

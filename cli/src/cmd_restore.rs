@@ -216,6 +216,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
             "configs": configs.iter().map(|(n, p)| serde_json::json!({
                 "name": n, "path": p,
             })).collect::<Vec<_>>(),
+            "requests": repo.backend().counters().snapshot(),
         });
         println!("{v}");
     } else if !cli.quiet {
@@ -232,6 +233,12 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         }
         let data: u64 = results.iter().map(|r| r.2.data_bytes).sum();
         println!("  duration {secs:.2} s ({} data)", human::rate(data, secs));
+        if repo.backend().is_remote() {
+            println!(
+                "  requests {}",
+                crate::cmd_sync::requests_text(&repo.backend().counters().snapshot())
+            );
+        }
     }
     Ok(crate::exit::OK)
 }

@@ -4,7 +4,7 @@ use crate::Cli;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
-use vmvault_repo::backend::{Backend, LocalBackend};
+use vmvault_repo::backend::{Backend, CachedBackend, LocalBackend, ObjectBackend};
 use vmvault_repo::cache::IndexCache;
 use vmvault_repo::format::keyfile::KdfParams;
 use vmvault_repo::Repository;
@@ -17,11 +17,24 @@ pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         )
         .into());
     };
-    let path = repo.strip_prefix("file://").unwrap_or(repo);
-    if path.contains("://") {
-        bail!("repository URL {repo:?}: only local directories are supported by this version");
+    open_backend(repo, cache_root(cli).as_deref())
+}
+
+/// The backend for a repository location: a directory path, `file://PATH`, or an
+/// object-store URL (`s3://bucket/prefix`, `gs://...`, `az://...`). Remote
+/// repositories keep copies of their snapshot objects under `cache` when given.
+pub fn open_backend(location: &str, cache: Option<&std::path::Path>) -> Result<Arc<dyn Backend>> {
+    if let Some(path) = location.strip_prefix("file://") {
+        return Ok(Arc::new(LocalBackend::new(path)));
     }
-    Ok(Arc::new(LocalBackend::new(path)))
+    if !location.contains("://") {
+        return Ok(Arc::new(LocalBackend::new(location)));
+    }
+    let store: Arc<dyn Backend> = Arc::new(ObjectBackend::from_url(location)?);
+    Ok(match cache {
+        Some(root) => Arc::new(CachedBackend::new(store, root)),
+        None => store,
+    })
 }
 
 /// The password from --password-file, VMVAULT_PASSWORD or the terminal.
@@ -55,16 +68,50 @@ pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
     Ok(p.into_bytes())
 }
 
+/// A second repository's password: from `file`, then `$<env_prefix>` and
+/// `$<env_prefix>_FILE`... (the file is given by clap from its own env var), else
+/// `fallback` (the main repository's password).
+pub fn other_password(
+    file: Option<&std::path::Path>,
+    env_var: &str,
+    fallback: Vec<u8>,
+) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?;
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            bail!("password file {} is empty", f.display());
+        }
+        return Ok(line.as_bytes().to_vec());
+    }
+    if let Ok(p) = std::env::var(env_var) {
+        if p.is_empty() {
+            bail!("{env_var} is set but empty");
+        }
+        return Ok(p.into_bytes());
+    }
+    Ok(fallback)
+}
+
 /// Opens the repository named by the global options.
 pub fn open(cli: &Cli) -> Result<Repository> {
+    Ok(open_with_password(cli)?.0)
+}
+
+/// Opens the repository named by the global options; also returns the password, for a
+/// second repository that shares it.
+pub fn open_with_password(cli: &Cli) -> Result<(Repository, Vec<u8>)> {
     let backend = backend(cli)?;
     let location = backend.location();
     let pw = password(cli, false)?;
-    Repository::open(backend, &pw).with_context(|| format!("cannot open repository {location}"))
+    let repo = Repository::open(backend, &pw)
+        .with_context(|| format!("cannot open repository {location}"))?;
+    Ok((repo, pw))
 }
 
 /// The cache directory: --cache-dir, VMVAULT_CACHE_DIR, XDG, or ~/.cache.
-fn cache_root(cli: &Cli) -> Option<PathBuf> {
+pub fn cache_root(cli: &Cli) -> Option<PathBuf> {
     if cli.no_cache {
         return None;
     }
@@ -89,28 +136,63 @@ pub fn cache(cli: &Cli, repo: &Repository) -> Result<IndexCache> {
     Ok(cache)
 }
 
+/// Arguments of `vmvault init`.
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// Make a mirror of this repository (path or URL): same keys and chunker, so `sync`
+    /// copies packs verbatim, still encrypted.
+    #[arg(long, value_name = "SRC")]
+    pub mirror_of: Option<String>,
+    /// The source repository's password file, for --mirror-of (default: the new
+    /// repository's password).
+    #[arg(long, env = "VMVAULT_MIRROR_PASSWORD_FILE")]
+    pub mirror_password_file: Option<PathBuf>,
+}
+
 /// `vmvault init`.
-pub fn init(cli: &Cli) -> Result<i32> {
+pub fn init(cli: &Cli, a: &InitArgs) -> Result<i32> {
     let backend = backend(cli)?;
     let location = backend.location();
     let pw = password(cli, true)?;
-    let repo = Repository::init(
-        backend,
-        &pw,
-        KdfParams::default_v1(),
-        vmvault_chunker::ChunkerParams::default_v1(),
-    )
+    let repo = match &a.mirror_of {
+        None => Repository::init(
+            backend,
+            &pw,
+            KdfParams::default_v1(),
+            vmvault_chunker::ChunkerParams::default_v1(),
+        ),
+        Some(src_location) => {
+            let src_pw = other_password(
+                a.mirror_password_file.as_deref(),
+                "VMVAULT_MIRROR_PASSWORD",
+                pw.clone(),
+            )?;
+            let src_backend = open_backend(src_location, None)?;
+            let shown = src_backend.location();
+            let src = Repository::open(src_backend, &src_pw)
+                .with_context(|| format!("cannot open the repository to mirror, {shown}"))?;
+            Repository::init_mirror(backend, &pw, KdfParams::default_v1(), &src)
+        }
+    }
     .with_context(|| format!("cannot create repository at {location}"))?;
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"id": repo.config().id, "location": location})
+            serde_json::json!({"id": repo.config().id, "location": location, "mirror_of": a.mirror_of.as_deref().map(vmvault_repo::backend::redact_url)})
         );
     } else if !cli.quiet {
         println!(
             "created vmvault repository {} at {location}",
             repo.config().id
         );
+        if let Some(src) = &a.mirror_of {
+            println!(
+                "it is a mirror of {}: `vmvault -r {} sync --to {}` copies snapshots to it",
+                vmvault_repo::backend::redact_url(src),
+                vmvault_repo::backend::redact_url(src),
+                location
+            );
+        }
         println!("keep the password safe: without it the data cannot be recovered");
     }
     Ok(crate::exit::OK)

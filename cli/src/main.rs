@@ -12,6 +12,7 @@ mod cmd_ls;
 mod cmd_mount;
 mod cmd_restore;
 mod cmd_snapshots;
+mod cmd_sync;
 mod context;
 mod demo;
 mod demo_disk;
@@ -59,8 +60,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a new, empty repository.
-    Init,
+    /// Create a new, empty repository (or a mirror of another, for sync).
+    Init(context::InitArgs),
     /// Back up the disks of one VM into a new snapshot.
     Backup(cmd_backup::BackupArgs),
     /// List snapshots.
@@ -79,6 +80,8 @@ pub enum Command {
     Find(cmd_find::FindArgs),
     /// Mount the snapshots read-only with FUSE: whole disks and guest files.
     Mount(cmd_mount::MountArgs),
+    /// Copy snapshots to a mirror repository (off-site), packs verbatim.
+    Sync(cmd_sync::SyncArgs),
     /// Run a self-contained demonstration in a temporary directory.
     Demo(demo::DemoArgs),
 }
@@ -168,7 +171,7 @@ fn main() {
         default_sigpipe();
     }
     let result = match &cli.command {
-        Command::Init => context::init(&cli),
+        Command::Init(a) => context::init(&cli, a),
         Command::Backup(a) => cmd_backup::run(&cli, a),
         Command::Snapshots(a) => cmd_snapshots::run(&cli, a),
         Command::Restore(a) => cmd_restore::run(&cli, a),
@@ -178,6 +181,7 @@ fn main() {
         Command::Dump(a) => cmd_dump::run(&cli, a),
         Command::Find(a) => cmd_find::run(&cli, a),
         Command::Mount(a) => cmd_mount::run(&cli, a),
+        Command::Sync(a) => cmd_sync::run(&cli, a),
         Command::Demo(a) => demo::run(&cli, a),
     };
     match result {

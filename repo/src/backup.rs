@@ -564,8 +564,19 @@ fn backup_disk(
     })
 }
 
-/// Writes packs as they fill and an index file every [`INDEX_FLUSH_ENTRIES`] chunks,
-/// handing each stored pack's buffer back through `spare` (dropped when that is full).
+/// Index entries gathered from stored packs, not yet written as an index file.
+#[derive(Default)]
+struct IndexBatch {
+    packs: Vec<IndexPack>,
+    entries: usize,
+    packs_stored: u64,
+    index_files: u64,
+}
+
+/// Writes packs as they fill (up to the backend's upload concurrency at once) and an
+/// index file every [`INDEX_FLUSH_ENTRIES`] chunks, handing each stored pack's buffer back
+/// through `spare` (dropped when that is full). An index file lists only packs already
+/// stored. On the first failure `abort` is set and every uploader stops.
 /// Returns (packs written, index files written).
 fn upload_loop(
     repo: &Repository,
@@ -573,37 +584,72 @@ fn upload_loop(
     pending: &PendingSet,
     packs: Receiver<FinishedPack>,
     spare: Sender<Vec<u8>>,
+    abort: &AtomicBool,
 ) -> Result<(u64, u64)> {
-    let mut batch: Vec<IndexPack> = Vec::new();
-    let mut batch_entries = 0usize;
-    let (mut n_packs, mut n_index) = (0u64, 0u64);
-    let flush = |batch: &mut Vec<IndexPack>| -> Result<()> {
-        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(batch))?;
-        cache.add_index(&name, batch)?;
-        pending.remove_all(batch.iter().flat_map(|p| p.entries.iter().map(|e| &e.id)));
-        batch.clear();
+    let batch = Mutex::new(IndexBatch::default());
+    let flush = |b: &mut IndexBatch| -> Result<()> {
+        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&b.packs))?;
+        cache.add_index(&name, &b.packs)?;
+        pending.remove_all(b.packs.iter().flat_map(|p| p.entries.iter().map(|e| &e.id)));
+        b.packs.clear();
+        b.entries = 0;
+        b.index_files += 1;
         Ok(())
     };
-    for p in packs {
+    let upload_one = |p: FinishedPack| -> Result<()> {
         let name = hex::encode(p.name);
         repo.backend()
             .put(FileKind::Pack, &name, &p.bytes)
             .map_err(|e| crate::repository::io_err(FileKind::Pack, &name, e))?;
-        n_packs += 1;
-        batch_entries += p.index.entries.len();
-        batch.push(p.index);
         let _ = spare.try_send(p.bytes);
-        if batch_entries >= INDEX_FLUSH_ENTRIES {
-            flush(&mut batch)?;
-            n_index += 1;
-            batch_entries = 0;
+        let mut b = batch.lock().unwrap_or_else(|e| e.into_inner());
+        b.packs_stored += 1;
+        b.entries += p.index.entries.len();
+        b.packs.push(p.index);
+        if b.entries >= INDEX_FLUSH_ENTRIES {
+            flush(&mut b)?;
         }
+        Ok(())
+    };
+    let workers = repo.backend().upload_concurrency().max(1);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = packs.clone();
+                let upload_one = &upload_one;
+                s.spawn(move || -> Result<()> {
+                    for p in rx.iter() {
+                        if abort.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Err(e) = upload_one(p) {
+                            abort.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // The workers hold the only receivers now: when they all stop, packers see a
+        // closed channel instead of waiting forever.
+        drop(packs);
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(RepoError::Invalid("pack uploader panicked".into())))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
     }
-    if !batch.is_empty() {
-        flush(&mut batch)?;
-        n_index += 1;
+    let mut b = batch.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !b.packs.is_empty() {
+        flush(&mut b)?;
     }
-    Ok((n_packs, n_index))
+    Ok((b.packs_stored, b.index_files))
 }
 
 /// Runs one backup: every disk of `req` into one new snapshot. On any error nothing is
@@ -689,7 +735,7 @@ pub fn backup(
                 .collect::<Vec<_>>()
         });
         let uploader = s.spawn(|| {
-            let r = upload_loop(repo, cache, &sh.pending, pack_rx, spare_tx);
+            let r = upload_loop(repo, cache, &sh.pending, pack_rx, spare_tx, &sh.abort);
             if r.is_err() {
                 sh.abort.store(true, Ordering::SeqCst);
             }

@@ -13,7 +13,7 @@ use crate::crypto::MasterKeys;
 use crate::error::{RepoError, Result};
 use crate::format::index::decode_index;
 use crate::format::manifest::EntryKind;
-use crate::format::pack::{decode_header, decode_prefix, locate_header, PackEntry};
+use crate::format::pack::{decode_prefix, PackEntry};
 use crate::format::sealed::KIND_INDEX;
 use crate::repository::{io_err, object_name, Repository};
 use crate::restore::{load_page, load_root};
@@ -80,18 +80,7 @@ fn verify_pack(
             "pack {name} is damaged: content does not match its name"
         ));
     }
-    let parsed = (|| -> std::result::Result<([u8; 32], Vec<PackEntry>), String> {
-        let salt = decode_prefix(&bytes).map_err(|e| e.0)?;
-        let trailer = &bytes[bytes.len().saturating_sub(4)..];
-        let (start, len) = locate_header(n, trailer).map_err(|e| e.0)?;
-        let mut header = bytes[start as usize..start as usize + len as usize].to_vec();
-        let plain_len = keys
-            .pack_cipher(&salt)
-            .decrypt_header(&bytes[..40], &mut header)
-            .map_err(|e| format!("header: {e}"))?;
-        let entries = decode_header(&header[..plain_len], start).map_err(|e| e.0)?;
-        Ok((salt, entries))
-    })();
+    let parsed = crate::pack_header::parse_pack(keys, &bytes);
     let (salt, entries) = match parsed {
         Ok(p) => p,
         Err(e) => {

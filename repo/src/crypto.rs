@@ -45,7 +45,8 @@ pub fn random_salt() -> Result<[u8; 32], CryptoError> {
     Ok(s)
 }
 
-/// The repository's master keys.
+/// The repository's master keys (wiped from memory when dropped).
+#[derive(Clone)]
 pub struct MasterKeys {
     data_key: Zeroizing<[u8; 32]>,
     id_key: Zeroizing<[u8; 32]>,
@@ -191,6 +192,17 @@ impl MasterKeys {
     /// A chunker keyed with this repository's gear and id keys.
     pub fn chunker(&self, params: ChunkerParams) -> Chunker {
         Chunker::new(params, &self.chunker_key, &self.id_key)
+    }
+
+    /// A public fingerprint of all three master keys: equal fingerprints mean the keys are
+    /// equal (BLAKE3 is collision resistant) while revealing nothing about them. Mirrors
+    /// made with `init --mirror-of` share their source's fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut material = Zeroizing::new(Vec::with_capacity(96));
+        material.extend_from_slice(&self.data_key[..]);
+        material.extend_from_slice(&self.id_key[..]);
+        material.extend_from_slice(&self.chunker_key[..]);
+        blake3::derive_key("vmvault v1 key fingerprint", &material)
     }
 
     /// The chunk id of `bytes` under this repository's id key.

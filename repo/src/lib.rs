@@ -12,11 +12,13 @@ pub mod disk_reader;
 pub mod error;
 pub mod format;
 pub mod lock;
+pub mod pack_header;
 pub mod pack_writer;
 mod pending;
 pub mod repository;
 pub mod restore;
 pub mod stats;
+pub mod sync;
 
 pub use error::{RepoError, Result};
 pub use repository::Repository;

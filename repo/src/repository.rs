@@ -30,6 +30,13 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
+/// A new random repository id (32 hex digits).
+fn new_repository_id() -> Result<String> {
+    let mut id = [0u8; 16];
+    crate::crypto::random_bytes(&mut id).map_err(|e| RepoError::Invalid(e.to_string()))?;
+    Ok(hex::encode(id))
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     rustix::system::uname()
@@ -74,6 +81,35 @@ impl Repository {
         chunker
             .validate()
             .map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let keys = MasterKeys::generate().map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let config = Config::new_v1(new_repository_id()?, now_rfc3339(), &chunker);
+        Self::create(backend, password, kdf, keys, config)
+    }
+
+    /// Creates a mirror of `source` at an empty location: the same master keys, chunker
+    /// and pack parameters (so packs copy verbatim and chunk ids agree), a new repository
+    /// id, and a key file for `password`.
+    pub fn init_mirror(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        kdf: KdfParams,
+        source: &Repository,
+    ) -> Result<Self> {
+        let config = Config {
+            id: new_repository_id()?,
+            created: now_rfc3339(),
+            ..source.config.clone()
+        };
+        Self::create(backend, password, kdf, source.keys.clone(), config)
+    }
+
+    fn create(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        kdf: KdfParams,
+        keys: MasterKeys,
+        config: Config,
+    ) -> Result<Self> {
         if backend.get(FileKind::Config, "").is_ok() {
             return Err(RepoError::AlreadyExists(backend.location()));
         }
@@ -84,10 +120,6 @@ impl Repository {
                 io_err(FileKind::Config, "file", e)
             }
         })?;
-        let keys = MasterKeys::generate().map_err(|e| RepoError::Invalid(e.to_string()))?;
-        let mut id = [0u8; 16];
-        crate::crypto::random_bytes(&mut id).map_err(|e| RepoError::Invalid(e.to_string()))?;
-        let config = Config::new_v1(hex::encode(id), now_rfc3339(), &chunker);
         let key_file = keys
             .wrap(password, kdf, now_rfc3339(), hostname())
             .map_err(|e| RepoError::Invalid(e.to_string()))?;

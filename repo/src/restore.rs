@@ -364,10 +364,13 @@ fn restore_batch_with(
     Ok(written)
 }
 
-/// The restore's worker threads: `opts.threads`, or one per core.
-fn worker_pool(opts: &RestoreOptions) -> Result<(usize, rayon::ThreadPool)> {
+/// The restore's worker threads: `opts.threads`, or one per core, or as many as the
+/// backend wants reads in flight when that is more (each thread waits on one read).
+fn worker_pool(repo: &Repository, opts: &RestoreOptions) -> Result<(usize, rayon::ThreadPool)> {
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(repo.backend().read_concurrency())
     } else {
         opts.threads
     };
@@ -390,7 +393,7 @@ pub fn restore_disk(
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
     let target = Target::open(path, root.disk_size, opts)?;
-    let (_, pool) = worker_pool(opts)?;
+    let (_, pool) = worker_pool(repo, opts)?;
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()
@@ -467,7 +470,7 @@ pub fn restore_disk_ordered(
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
-    let (threads, pool) = worker_pool(opts)?;
+    let (threads, pool) = worker_pool(repo, opts)?;
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()

@@ -4,7 +4,7 @@
 //! to the final name (which fails if it exists, giving create-only semantics), and the
 //! directory is fsynced; the temporary name is then removed.
 
-use super::{is_object_name, Backend, FileKind};
+use super::{is_object_name, Backend, FileKind, RequestCounters};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 /// A repository in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
+    counters: RequestCounters,
 }
 
 const DIRS: [&str; 5] = ["keys", "data", "index", "snapshots", "locks"];
@@ -20,7 +21,10 @@ const DIRS: [&str; 5] = ["keys", "data", "index", "snapshots", "locks"];
 impl LocalBackend {
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            counters: RequestCounters::default(),
+        }
     }
 
     fn dir(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -64,6 +68,10 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    fn counters(&self) -> &RequestCounters {
+        &self.counters
+    }
+
     fn create(&self) -> io::Result<()> {
         match fs::read_dir(&self.root) {
             Ok(mut entries) => {
@@ -95,6 +103,7 @@ impl Backend for LocalBackend {
             // Content-addressed and immutable: the same name means the same bytes.
             return Ok(());
         }
+        self.counters.put(1, data.len() as u64);
         let tmp = dir.join(tmp_name());
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -113,7 +122,9 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.path(kind, name)?)
+        let bytes = fs::read(self.path(kind, name)?)?;
+        self.counters.get(bytes.len() as u64);
+        Ok(bytes)
     }
 
     fn read_range_into(
@@ -123,7 +134,9 @@ impl Backend for LocalBackend {
         offset: u64,
         buf: &mut [u8],
     ) -> io::Result<()> {
-        File::open(self.path(kind, name)?)?.read_exact_at(buf, offset)
+        File::open(self.path(kind, name)?)?.read_exact_at(buf, offset)?;
+        self.counters.get(buf.len() as u64);
+        Ok(())
     }
 
     fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>> {
@@ -151,11 +164,13 @@ impl Backend for LocalBackend {
             }
         }
         out.sort();
+        self.counters.list(out.len() as u64);
         Ok(out)
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> io::Result<()> {
         let p = self.path(kind, name)?;
+        self.counters.delete();
         match fs::remove_file(&p) {
             Ok(()) => sync_dir(&self.dir(kind, name)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -6,9 +6,15 @@
 //! no-op, putting an existing `config` fails); `get` of a missing object fails with
 //! `ErrorKind::NotFound`, which callers report differently from damage.
 
+mod cached;
+mod counters;
 mod local;
+mod object;
 
+pub use cached::CachedBackend;
+pub use counters::{RequestCounters, RequestCounts};
 pub use local::LocalBackend;
+pub use object::{redact_url, ObjectBackend, ObjectBackendError};
 
 use std::io;
 
@@ -46,6 +52,26 @@ impl std::fmt::Display for FileKind {
 pub trait Backend: Send + Sync {
     /// Where the repository is, for messages (never includes credentials).
     fn location(&self) -> String;
+
+    /// The requests made so far through this backend.
+    fn counters(&self) -> &RequestCounters;
+
+    /// How many objects callers should write at once (each held in memory meanwhile).
+    /// A local disk gains nothing from more than one; a remote store hides its latency.
+    fn upload_concurrency(&self) -> usize {
+        1
+    }
+
+    /// How many reads callers should have in flight at once, or 0 for one per core.
+    fn read_concurrency(&self) -> usize {
+        0
+    }
+
+    /// True when every request crosses a network, so a local copy of immutable objects
+    /// saves time and money.
+    fn is_remote(&self) -> bool {
+        false
+    }
 
     /// Prepares an empty location for a new repository; fails if it already holds files.
     fn create(&self) -> io::Result<()>;
