@@ -117,14 +117,25 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// Lets a closed output pipe end the process quietly, as it does for other Unix tools
-/// (`vmvault snapshots | head -1`), instead of a panic in `println!`. Not for `restore`,
-/// whose stream output must fail as an error so that it releases its lock.
-fn default_sigpipe() {
-    // SAFETY: restores the default disposition of SIGPIPE (Rust's runtime sets it to
-    // ignore); called from the main thread before any other thread or handler uses it.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// (`vmvault snapshots | head -1`), instead of a panic message from `println!`: exits
+/// with 141 (128 + SIGPIPE), what a shell reports for a process SIGPIPE killed.
+/// SIGPIPE itself stays ignored (Rust's default): a write to a socket whose peer went
+/// away (an object store restarting) must be an error that is retried, not a silent
+/// death of the process.
+fn quiet_broken_stdout() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        previous(info)
+    }));
 }
 
 /// Set by the first SIGINT/SIGTERM; long operations poll it and stop cleanly (their
@@ -167,9 +178,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if !matches!(cli.command, Command::Restore(_)) {
-        default_sigpipe();
-    }
+    quiet_broken_stdout();
     let result = match &cli.command {
         Command::Init(a) => context::init(&cli, a),
         Command::Backup(a) => cmd_backup::run(&cli, a),

@@ -24,6 +24,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod s3;
+
 pub use serde_json;
 pub use tempfile;
 
@@ -271,7 +273,12 @@ where
 /// room for images. Every command gets the password and cache dir explicitly.
 pub struct Vault {
     pub dir: tempfile::TempDir,
+    /// The repository directory (for a local repository).
     pub repo: PathBuf,
+    /// What `-r` gets: `repo`, or a URL set with [`Vault::at`].
+    pub location: std::ffi::OsString,
+    /// Extra environment for every command (object-store credentials).
+    pub env: Vec<(String, String)>,
     pub cache: PathBuf,
     pub password: String,
 }
@@ -293,10 +300,21 @@ impl Vault {
         let cache = dir.path().join("cache");
         Vault {
             dir,
+            location: repo.clone().into_os_string(),
             repo,
+            env: Vec::new(),
             cache,
             password: "correct horse battery staple".into(),
         }
+    }
+
+    /// A fresh world whose repository is at `location` (a URL), with `env` given to
+    /// every command; not initialised yet.
+    pub fn at(location: &str, env: Vec<(String, String)>) -> Self {
+        let mut v = Self::new();
+        v.location = location.into();
+        v.env = env;
+        v
     }
 
     /// A fresh world with an initialised repository.
@@ -313,6 +331,11 @@ impl Vault {
 
     /// `vmvault -r REPO` with the password, the cache dir and a private HOME.
     pub fn cmd(&self) -> Command {
+        self.cmd_at(&self.location)
+    }
+
+    /// Like [`Vault::cmd`] for another repository location.
+    pub fn cmd_at(&self, location: &OsStr) -> Command {
         let mut c = Command::new(vmvault_bin());
         c.env_remove("VMVAULT_REPOSITORY")
             .env_remove("VMVAULT_PASSWORD_FILE")
@@ -321,8 +344,9 @@ impl Vault {
             .env("HOME", self.dir.path())
             .env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("-r")
-            .arg(&self.repo);
+            .arg(location);
         c
     }
 
