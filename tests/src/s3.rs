@@ -61,9 +61,11 @@ fn wait_listening(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// A running `s3s-fs` on 127.0.0.1, killed when dropped.
+/// A running `s3s-fs` on 127.0.0.1, killed when dropped (unless it is the shared one
+/// `.ci/run` started).
 pub struct S3Server {
     child: Option<Child>,
+    shared: bool,
     /// Where it keeps buckets (one directory each) and objects (files).
     pub root: PathBuf,
     /// Its port.
@@ -76,11 +78,47 @@ impl S3Server {
         std::fs::create_dir_all(root).expect("server root");
         let mut s = S3Server {
             child: None,
+            shared: false,
             root: root.to_path_buf(),
             port: free_port(),
         };
         s.spawn();
         s
+    }
+
+    /// The server `.ci/run` started for the whole suite (`VMVAULT_TEST_S3_PORT` and
+    /// `VMVAULT_TEST_S3_ROOT`), or else a private one under `root`. Tests that kill the
+    /// server use [`S3Server::start`] instead.
+    pub fn shared_or_start(root: &Path) -> Self {
+        let port = std::env::var("VMVAULT_TEST_S3_PORT")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok());
+        match (port, std::env::var_os("VMVAULT_TEST_S3_ROOT")) {
+            (Some(port), Some(shared_root)) => {
+                assert!(
+                    wait_listening(port, Duration::from_secs(5)),
+                    "the shared S3 server (VMVAULT_TEST_S3_PORT={port}) is not listening"
+                );
+                S3Server {
+                    child: None,
+                    shared: true,
+                    root: PathBuf::from(shared_root),
+                    port,
+                }
+            }
+            _ => Self::start(root),
+        }
+    }
+
+    /// A bucket name unique to this process and call, for tests sharing a server.
+    pub fn unique_bucket(&self, stem: &str) -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{stem}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.bucket(&name)
     }
 
     fn spawn(&mut self) {
@@ -104,6 +142,7 @@ impl S3Server {
 
     /// `kill -9`s the server.
     pub fn kill(&mut self) {
+        assert!(!self.shared, "tests must not kill the shared server");
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -14,6 +14,11 @@ fn s3_vault(server: &S3Server, bucket: &str, prefix: &str) -> Vault {
     Vault::at(&format!("s3://{bucket}/{prefix}"), server.env())
 }
 
+/// The suite's shared server when `.ci/run` started one, else a private one.
+fn server(tmp: &tempfile::TempDir) -> S3Server {
+    S3Server::shared_or_start(&tmp.path().join("s3"))
+}
+
 /// A GPT disk with FAT and ext4 holding real files and 24 MiB of random data.
 fn disk(v: &Vault, name: &str, seed: u64) -> std::path::PathBuf {
     let img = v.path(name);
@@ -42,8 +47,9 @@ fn no_secret(o: &Out) {
 #[test]
 fn every_command_works_on_s3_with_few_requests() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"));
-    let v = s3_vault(&server, "vault", "prod/repo");
+    let server = server(&tmp);
+    let bucket = server.unique_bucket("vault");
+    let v = s3_vault(&server, &bucket, "prod/repo");
     v.ok(&["init"]);
     // init refuses a prefix that already holds a repository.
     v.run(&["init"])
@@ -60,7 +66,7 @@ fn every_command_works_on_s3_with_few_requests() {
         "{puts} PUTs for {stored} bytes stored: {b1}"
     );
     // Objects really are in the bucket, under the prefix.
-    let objects = server.objects("vault", "prod/repo");
+    let objects = server.objects(&bucket, "prod/repo");
     assert!(objects.iter().any(|p| p.ends_with("config")));
     assert!(objects
         .iter()
@@ -101,7 +107,15 @@ fn every_command_works_on_s3_with_few_requests() {
     v.restore("latest", &q, &["--format", "qcow2"]);
     sh(
         "qemu-img",
-        ["compare", "-f", "raw", "-F", "qcow2", img.to_str().unwrap(), q.to_str().unwrap()],
+        [
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            img.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
     );
     let c = v.check_ok(true);
     assert!(c["bytes_read"].as_u64().unwrap() > 0);
@@ -122,15 +136,16 @@ fn every_command_works_on_s3_with_few_requests() {
 #[test]
 fn listings_longer_than_one_page_are_read_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"));
-    let v = s3_vault(&server, "many", "r");
+    let server = server(&tmp);
+    let bucket = server.unique_bucket("many");
+    let v = s3_vault(&server, &bucket, "r");
     v.ok(&["init"]);
     let img = v.path("small.img");
     random_file(&img, 3 * MIB, 1);
     v.backup("small", &[&img]);
     // 1100 stray objects in data/ (as an interrupted upload could leave, but more): a
     // listing of data/ takes two pages.
-    let data = server.root.join("many/r/data");
+    let data = server.root.join(&bucket).join("r/data");
     for i in 0..1100u32 {
         let name = format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15 + 1);
         let dir = data.join(&name[..2]);
@@ -139,7 +154,7 @@ fn listings_longer_than_one_page_are_read_whole() {
     }
     let o = v.run(&["--json", "check"]);
     let report = o.json();
-    let stored = server.objects("many", "r/data").len();
+    let stored = server.objects(&bucket, "r/data").len();
     assert!(stored > 1100);
     assert_eq!(report["packs"], stored as u64, "{}", report["packs"]);
     assert!(
@@ -156,8 +171,9 @@ fn listings_longer_than_one_page_are_read_whole() {
 #[test]
 fn credentials_never_appear_in_messages_or_json() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"));
-    let mut v = s3_vault(&server, "creds", "r");
+    let server = server(&tmp);
+    let bucket = server.unique_bucket("creds");
+    let mut v = s3_vault(&server, &bucket, "r");
     let o = v.run(&["--json", "init"]);
     o.assert_ok();
     no_secret(&o);
@@ -177,7 +193,10 @@ fn credentials_never_appear_in_messages_or_json() {
     no_secret(&o);
     assert!(!o.stderr.contains("-wrong"), "{}", o.stderr);
     // Credentials in the URL are not echoed either.
-    let o = v.run_with_location("s3://AKIDEXAMPLE:hunter2secret@creds/r", &["snapshots"]);
+    let o = v.run_with_location(
+        &format!("s3://AKIDEXAMPLE:hunter2secret@{bucket}/r"),
+        &["snapshots"],
+    );
     assert!(!o.stderr.contains("hunter2secret"), "{}", o.stderr);
     // An unknown scheme is refused by name.
     v.run_with_location("ftp://host/x", &["snapshots"])
@@ -187,35 +206,49 @@ fn credentials_never_appear_in_messages_or_json() {
 #[test]
 fn sync_local_to_s3_to_local_and_s3_to_s3() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"));
+    let server = server(&tmp);
+    let offsite = server.unique_bucket("offsite");
+    let second = server.unique_bucket("second");
+    let other_url = format!("s3://{offsite}/other");
+    let mirror_url = format!("s3://{offsite}/mirror");
+    let m2_url = format!("s3://{second}/m2");
     let mut src = Vault::new();
     src.env = server.env();
     src.ok(&["init"]);
     let a = disk(&src, "a.img", 11);
     let b = disk(&src, "b.img", 12);
-    let sa1 = src.backup("vm-a", &[&a])["id"].as_str().unwrap().to_string();
-    let sb1 = src.backup("vm-b", &[&b])["id"].as_str().unwrap().to_string();
+    let sa1 = src.backup("vm-a", &[&a])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sb1 = src.backup("vm-b", &[&b])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let a1 = src.path("a1.img");
     copy_sparse(&a, &a1);
     let mut rng = Rng::new(4);
     write_random(&a, 60 * MIB, 8 * MIB, &mut rng);
-    let sa2 = src.backup("vm-a", &[&a])["id"].as_str().unwrap().to_string();
+    let sa2 = src.backup("vm-a", &[&a])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // A repository that is not a mirror is refused, naming the fix.
-    let other = s3_vault(&server, "offsite", "other");
+    let other = s3_vault(&server, &offsite, "other");
     other.ok(&["init"]);
-    src.run(&["sync", "--to", "s3://offsite/other"])
+    src.run(&["sync", "--to", &other_url])
         .assert_fails(1, &["does not share the keys", "--mirror-of"]);
 
     // local -> S3 mirror.
-    let m = s3_vault(&server, "offsite", "mirror");
+    let m = s3_vault(&server, &offsite, "mirror");
     let src_loc = src.location.to_str().unwrap().to_string();
     m.ok(&["init", "--mirror-of", &src_loc]);
-    let plan = src.json(&["sync", "--to", "s3://offsite/mirror", "--dry-run"]);
+    let plan = src.json(&["sync", "--to", &mirror_url, "--dry-run"]);
     assert_eq!(plan["snapshots"].as_array().unwrap().len(), 3, "{plan}");
     assert!(plan["packs"].as_u64().unwrap() > 0);
     assert!(m.snapshots().is_empty(), "a dry run copies nothing");
-    let s = src.json(&["sync", "--to", "s3://offsite/mirror"]);
+    let s = src.json(&["sync", "--to", &mirror_url]);
     assert_eq!(s["snapshots_copied"].as_array().unwrap().len(), 3, "{s}");
     assert_eq!(s["packs_copied"], plan["packs"]);
     assert_eq!(s["bytes_copied"], plan["bytes"]);
@@ -224,7 +257,8 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
         let name = name_of(&p);
         let remote = server
             .root
-            .join("offsite/mirror/data")
+            .join(&offsite)
+            .join("mirror/data")
             .join(&name[..2])
             .join(&name);
         assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&remote).unwrap());
@@ -234,7 +268,7 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
     m.restore(&sa2, &out, &[]);
     assert_same(&a, &out);
     // Idempotent: nothing left to copy.
-    let again = src.json(&["sync", "--to", "s3://offsite/mirror"]);
+    let again = src.json(&["sync", "--to", &mirror_url]);
     assert_eq!(again["packs_copied"], 0, "{again}");
     assert_eq!(again["snapshots_present"], 3);
     assert_eq!(again["destination_requests"]["put"], 0);
@@ -244,7 +278,7 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
         tmp.path().join("local-mirror").to_str().unwrap(),
         server.env(),
     );
-    local.ok(&["init", "--mirror-of", "s3://offsite/mirror"]);
+    local.ok(&["init", "--mirror-of", &mirror_url]);
     let local_loc = local.location.to_str().unwrap().to_string();
     let s = m.json(&["sync", "--to", &local_loc, "--vm", "vm-a", &sa1[..10]]);
     assert_eq!(
@@ -262,9 +296,9 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
     assert!(local.run(&["restore", &sb1, "--target", "/dev/null"]).code != 0);
 
     // S3 -> S3.
-    let m2 = s3_vault(&server, "second", "m2");
-    m2.ok(&["init", "--mirror-of", "s3://offsite/mirror"]);
-    let s = m.json(&["sync", "--to", "s3://second/m2", "--vm", "vm-b"]);
+    let m2 = s3_vault(&server, &second, "m2");
+    m2.ok(&["init", "--mirror-of", &mirror_url]);
+    let s = m.json(&["sync", "--to", &m2_url, "--vm", "vm-b"]);
     assert_eq!(s["snapshots_copied"], serde_json::json!([sb1.clone()]));
     m2.check_ok(true);
     let out = m2.path("b.raw");
@@ -314,11 +348,7 @@ fn server_killed_during_backup_and_sync_then_reruns_complete() {
     );
     o.assert_no_panic();
     if o.code != 0 {
-        assert!(
-            o.stderr.contains("no snapshot was written"),
-            "{}",
-            o.stderr
-        );
+        assert!(o.stderr.contains("no snapshot was written"), "{}", o.stderr);
         assert!(v.snapshots().is_empty());
         // Its lock is gone with it (the process ended cleanly).
         v.backup("big", &[&img]);
@@ -352,7 +382,9 @@ fn server_killed_during_backup_and_sync_then_reruns_complete() {
     m.check_ok(false);
     let s = v.json(&["sync", "--to", "s3://outage/mirror"]);
     assert!(
-        s["snapshots_copied"].as_array().unwrap().len() + s["snapshots_present"].as_u64().unwrap() as usize == 2,
+        s["snapshots_copied"].as_array().unwrap().len()
+            + s["snapshots_present"].as_u64().unwrap() as usize
+            == 2,
         "{s}"
     );
     m.check_ok(true);
@@ -409,15 +441,32 @@ fn sync_killed_at_random_points_resumes_and_never_shows_incomplete_snapshots() {
         src.backup("s", &[&img]);
     }
     let m = Vault::new();
-    m.ok(&[OsStr::new("init"), OsStr::new("--mirror-of"), src.repo.as_os_str()]);
+    m.ok(&[
+        OsStr::new("init"),
+        OsStr::new("--mirror-of"),
+        src.repo.as_os_str(),
+    ]);
     let started = std::time::Instant::now();
-    let plan = src.json(&[OsStr::new("sync"), OsStr::new("--dry-run"), OsStr::new("--to"), m.repo.as_os_str()]);
+    let plan = src.json(&[
+        OsStr::new("sync"),
+        OsStr::new("--dry-run"),
+        OsStr::new("--to"),
+        m.repo.as_os_str(),
+    ]);
     assert_eq!(plan["snapshots"].as_array().unwrap().len(), 4);
     // Time a whole sync into a throw-away mirror to aim the kills.
     let probe = Vault::new();
-    probe.ok(&[OsStr::new("init"), OsStr::new("--mirror-of"), src.repo.as_os_str()]);
+    probe.ok(&[
+        OsStr::new("init"),
+        OsStr::new("--mirror-of"),
+        src.repo.as_os_str(),
+    ]);
     let t = std::time::Instant::now();
-    src.json(&[OsStr::new("sync"), OsStr::new("--to"), probe.repo.as_os_str()]);
+    src.json(&[
+        OsStr::new("sync"),
+        OsStr::new("--to"),
+        probe.repo.as_os_str(),
+    ]);
     let full = t.elapsed().max(Duration::from_millis(50));
     let _ = started;
     let mut kills = 0;
@@ -451,10 +500,7 @@ fn sync_killed_at_random_points_resumes_and_never_shows_incomplete_snapshots() {
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert!(
-        s["bytes_copied"].as_u64().unwrap() <= sent,
-        "{s}"
-    );
+    assert!(s["bytes_copied"].as_u64().unwrap() <= sent, "{s}");
     assert_eq!(m.snapshots().len(), 4);
     m.check_ok(true);
     for snap in src.snapshots() {

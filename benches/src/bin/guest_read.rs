@@ -5,66 +5,21 @@
 //! ```text
 //! guest_read REPO PASSWORD SNAPSHOT DISK/PART/path [--cache-dir DIR]
 //! ```
-//! The repository is opened through a backend that counts every byte read from it, then
+//! The repository is opened through the local backend, which counts every byte read, then
 //! the snapshot's disk is opened, its partitions found, its file system opened and the
 //! file read, as `vmvault dump` does. Each step's time and the cumulative bytes fetched
 //! are printed. Drop the page cache first (`echo 3 > /proc/sys/vm/drop_caches`) for a cold
 //! figure.
 
-use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vmvault_ingest::guest::volumes::{discover, open_fs};
 use vmvault_ingest::guest::VolumeRead;
-use vmvault_repo::backend::{Backend, FileKind, LocalBackend};
+use vmvault_repo::backend::{Backend, LocalBackend};
 use vmvault_repo::cache::IndexCache;
 use vmvault_repo::disk_reader::SnapshotVolume;
 use vmvault_repo::Repository;
-
-/// A backend that counts the bytes and requests it serves.
-struct Counting {
-    inner: LocalBackend,
-    bytes: AtomicU64,
-    reads: AtomicU64,
-}
-
-impl Backend for Counting {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create(&self) -> io::Result<()> {
-        self.inner.create()
-    }
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> io::Result<()> {
-        self.inner.put(kind, name, data)
-    }
-    fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>> {
-        let b = self.inner.get(kind, name)?;
-        self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(b)
-    }
-    fn read_range_into(
-        &self,
-        kind: FileKind,
-        name: &str,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> io::Result<()> {
-        self.inner.read_range_into(kind, name, offset, buf)?;
-        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-    fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>> {
-        self.inner.list(kind)
-    }
-    fn remove(&self, kind: FileKind, name: &str) -> io::Result<()> {
-        self.inner.remove(kind, name)
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -77,11 +32,7 @@ fn main() {
         .position(|a| a == "--cache-dir")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
-    let backend = Arc::new(Counting {
-        inner: LocalBackend::new(&args[1]),
-        bytes: AtomicU64::new(0),
-        reads: AtomicU64::new(0),
-    });
+    let backend = Arc::new(LocalBackend::new(&args[1]));
     let t0 = Instant::now();
     let repo: &'static Repository = Box::leak(Box::new(
         Repository::open(backend.clone(), args[2].as_bytes()).expect("repository opens"),
@@ -99,14 +50,14 @@ fn main() {
         println!(
             "{step:<28} {:>8.1} ms  fetched {:>10} bytes in {:>5} reads",
             t.elapsed().as_secs_f64() * 1e3,
-            backend.bytes.load(Ordering::Relaxed),
-            backend.reads.load(Ordering::Relaxed)
+            backend.counters().snapshot().bytes_down,
+            backend.counters().snapshot().get
         );
     };
     report("open repository + cache", t0);
     let base = (
-        backend.bytes.load(Ordering::Relaxed),
-        backend.reads.load(Ordering::Relaxed),
+        backend.counters().snapshot().bytes_down,
+        backend.counters().snapshot().get,
     );
     let t = Instant::now();
     let d = snap.disks.iter().find(|d| d.name == disk).expect("disk");
@@ -130,10 +81,10 @@ fn main() {
         pos += n as u64;
     }
     report(&format!("whole file ({len} bytes)"), t);
-    let fetched = backend.bytes.load(Ordering::Relaxed) - base.0;
+    let fetched = backend.counters().snapshot().bytes_down - base.0;
     println!(
         "fetched for the file: {fetched} bytes in {} reads = {:.2}x its size",
-        backend.reads.load(Ordering::Relaxed) - base.1,
+        backend.counters().snapshot().get - base.1,
         fetched as f64 / len.max(1) as f64
     );
 }

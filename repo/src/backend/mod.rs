@@ -9,11 +9,13 @@
 mod cached;
 mod counters;
 mod local;
+#[cfg(feature = "object-store")]
 mod object;
 
 pub use cached::CachedBackend;
 pub use counters::{RequestCounters, RequestCounts};
 pub use local::LocalBackend;
+#[cfg(feature = "object-store")]
 pub use object::{redact_url, ObjectBackend, ObjectBackendError};
 
 use std::io;

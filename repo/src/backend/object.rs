@@ -16,8 +16,8 @@ use super::{is_object_name, Backend, FileKind, RequestCounters};
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,6 +124,9 @@ impl ObjectBackend {
     /// `AWS_ALLOW_HTTP`, ...).
     pub fn from_url(url_text: &str) -> Result<Self, ObjectBackendError> {
         let location = redact_url(url_text);
+        // HTTPS through rustls needs a process-wide crypto provider; installing it twice
+        // is harmless (the second attempt reports the first and is ignored).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = url::Url::parse(url_text)
             .map_err(|e| ObjectBackendError::InvalidUrl(location.clone(), e.to_string()))?;
         let (scheme, path) = ObjectStoreScheme::parse(&url)
@@ -131,7 +134,7 @@ impl ObjectBackend {
         let secrets = secrets_from_env();
         let config_err = |e: object_store::Error| ObjectBackendError::Config {
             location: location.clone(),
-            message: redact(&e.to_string(), &secrets),
+            message: redact(&error_chain(&e), &secrets),
         };
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::AmazonS3 => Arc::new(
@@ -229,7 +232,7 @@ impl ObjectBackend {
             | object_store::Error::NotSupported { .. } => ErrorKind::Unsupported,
             _ => ErrorKind::Other,
         };
-        io::Error::new(kind, redact(&e.to_string(), &self.secrets))
+        io::Error::new(kind, redact(&error_chain(&e), &self.secrets))
     }
 
     /// Runs `op` until it succeeds, fails for good, or [`ATTEMPTS`] are spent.
@@ -342,6 +345,22 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// An error's message followed by those of its causes that add something (the cause of
+/// "error sending request" is where a TLS or DNS problem is named).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// `text` with every secret replaced by `***`.
 fn redact(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
@@ -442,26 +461,39 @@ impl Backend for ObjectBackend {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::from(ErrorKind::InvalidInput))?;
-        let bytes = self.with_retries(|| {
-            let r = self
-                .runtime
-                .block_on(self.store.get_range(&key, offset..end))
-                .map_err(|e| self.io_error(e))?;
-            self.counters.get(r.len() as u64);
-            Ok(r)
-        })?;
-        if bytes.len() != buf.len() {
-            return Err(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "{name}: asked for {} bytes at offset {offset}, got {}",
-                    buf.len(),
-                    bytes.len()
-                ),
-            ));
-        }
-        buf.copy_from_slice(&bytes);
-        Ok(())
+        let wanted = buf.len();
+        // The body is copied straight into `buf` as it arrives (no intermediate buffer).
+        self.with_retries(|| {
+            let got = self.runtime.block_on(async {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(offset..end)),
+                    ..Default::default()
+                };
+                let mut stream = self.store.get_opts(&key, opts).await?.into_stream();
+                let mut at = 0usize;
+                while let Some(piece) = stream.next().await {
+                    let piece = piece?;
+                    let room = wanted - at;
+                    let n = piece.len().min(room);
+                    buf[at..at + n].copy_from_slice(&piece[..n]);
+                    at += n;
+                    if piece.len() > room {
+                        at = wanted + 1;
+                        break;
+                    }
+                }
+                Ok::<usize, object_store::Error>(at)
+            });
+            let got = got.map_err(|e| self.io_error(e))?;
+            self.counters.get(got.min(wanted) as u64);
+            if got != wanted {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!("{name}: asked for {wanted} bytes at offset {offset}, got {got}"),
+                ));
+            }
+            Ok(())
+        })
     }
 
     fn list(&self, kind: FileKind) -> io::Result<Vec<(String, u64)>> {
