@@ -170,6 +170,6 @@ MD=$RESULTS/s3.md
             printf "S3 throughput as a share of local-directory throughput: full backup %.0f%%, backup after changes %.0f%%, restore %.0f%% (target >= 70%%).\n", 100 * s3["full backup"] / loc["full backup"], 100 * s3["backup after changes"] / loc["backup after changes"], 100 * s3["restore"] / loc["restore"]
         }' "$CSV"
     echo
-    echo "The stores' own read bound (every pack read whole, 8 at a time, nothing decoded; \\`store_read\\`): s3s-fs $S3_READ MiB/s, local directory $LOCAL_READ MiB/s."
+    echo "The stores' own read bound (every pack read whole, 8 at a time, nothing decoded; store_read): s3s-fs $S3_READ MiB/s, local directory $LOCAL_READ MiB/s."
 } >"$MD"
 cat "$MD"
