@@ -282,7 +282,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     validate(a)?;
     let (inputs, configs, catalogs) = open_inputs(a)?;
     let repo = context::open(cli)?;
-    let _lock = vmvault_repo::lock::lock(&repo, "backup", false).map_err(|e| anyhow!(e))?;
+    let _lock = crate::context::lock(cli, &repo, "backup", false)?;
     let cache = context::cache(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let p = progress.clone();

@@ -18,7 +18,7 @@ pub struct CheckArgs {
 /// Runs `vmvault check`; exits 3 when damage is found.
 pub fn run(cli: &Cli, a: &CheckArgs) -> Result<i32> {
     let repo = context::open(cli)?;
-    let _lock = vmvault_repo::lock::lock(&repo, "check", false).map_err(|e| anyhow!(e))?;
+    let _lock = crate::context::lock(cli, &repo, "check", false)?;
     let cache = context::cache(cli, &repo)?;
     let prog = Arc::new(CheckProgress::default());
     let p = prog.clone();

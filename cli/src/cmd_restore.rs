@@ -134,7 +134,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         std::fs::create_dir_all(&a.target)
             .with_context(|| format!("cannot create directory {}", a.target.display()))?;
     }
-    let _lock = vmvault_repo::lock::lock(&repo, "restore", false).map_err(|e| anyhow!(e))?;
+    let _lock = crate::context::lock(cli, &repo, "restore", false)?;
     let cache = context::cache(cli, &repo)?;
     let prog = Arc::new(RestoreProgress::default());
     prog.total
@@ -279,7 +279,7 @@ fn restore_xva(
     snap: &Snapshot,
     disks: &[SnapshotDisk],
 ) -> Result<i32> {
-    let _lock = vmvault_repo::lock::lock(repo, "restore", false).map_err(|e| anyhow!(e))?;
+    let _lock = crate::context::lock(cli, &repo, "restore", false)?;
     let cache = context::cache(cli, repo)?;
     let opts = RestoreOptions {
         overwrite: a.overwrite,
@@ -393,7 +393,7 @@ fn restore_vmdk_stream(
     id: &str,
     d: &SnapshotDisk,
 ) -> Result<i32> {
-    let _lock = vmvault_repo::lock::lock(repo, "restore", false).map_err(|e| anyhow!(e))?;
+    let _lock = crate::context::lock(cli, &repo, "restore", false)?;
     let cache = context::cache(cli, repo)?;
     let opts = RestoreOptions {
         overwrite: a.overwrite,

@@ -50,10 +50,8 @@ pub fn run(cli: &Cli, a: &SyncArgs) -> Result<i32> {
     let dst_location = dst_backend.location();
     let dst = vmvault_repo::Repository::open(dst_backend, &dst_pw)
         .with_context(|| format!("cannot open destination repository {dst_location}"))?;
-    let _src_lock =
-        vmvault_repo::lock::lock(&src, "sync (source)", false).map_err(|e| anyhow!(e))?;
-    let _dst_lock = vmvault_repo::lock::lock(&dst, "sync (destination)", false)
-        .map_err(|e| anyhow!(e))
+    let _src_lock = crate::context::lock(cli, &src, "sync (source)", false)?;
+    let _dst_lock = crate::context::lock(cli, &dst, "sync (destination)", false)
         .with_context(|| format!("destination {dst_location}"))?;
     let src_cache = context::cache(cli, &src)?;
     let dst_cache = context::cache(cli, &dst)?;

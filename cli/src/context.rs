@@ -110,6 +110,22 @@ pub fn open_with_password(cli: &Cli) -> Result<(Repository, Vec<u8>)> {
     Ok((repo, pw))
 }
 
+/// Takes a repository lock, waiting up to --retry-lock for a conflicting one to go.
+pub fn lock(
+    cli: &Cli,
+    repo: &Repository,
+    operation: &str,
+    exclusive: bool,
+) -> Result<vmvault_repo::lock::LockGuard> {
+    vmvault_repo::lock::lock_with_retry(
+        repo,
+        operation,
+        exclusive,
+        cli.retry_lock.unwrap_or_default(),
+    )
+    .map_err(|e| anyhow!(e))
+}
+
 /// The cache directory: --cache-dir, VMVAULT_CACHE_DIR, XDG, or ~/.cache.
 pub fn cache_root(cli: &Cli) -> Option<PathBuf> {
     if cli.no_cache {

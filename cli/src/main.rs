@@ -8,8 +8,10 @@ mod cmd_backup;
 mod cmd_check;
 mod cmd_dump;
 mod cmd_find;
+mod cmd_key;
 mod cmd_ls;
 mod cmd_mount;
+mod cmd_prune;
 mod cmd_restore;
 mod cmd_snapshots;
 mod cmd_sync;
@@ -53,6 +55,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_cache: bool,
 
+    /// Wait this long (e.g. 10m) for a conflicting lock to go away instead of failing.
+    #[arg(long, env = "VMVAULT_RETRY_LOCK", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub retry_lock: Option<std::time::Duration>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +88,14 @@ pub enum Command {
     Mount(cmd_mount::MountArgs),
     /// Copy snapshots to a mirror repository (off-site), packs verbatim.
     Sync(cmd_sync::SyncArgs),
+    /// Remove snapshots by a retention policy (per VM and host), optionally pruning.
+    Forget(cmd_prune::ForgetArgs),
+    /// Delete data no snapshot uses; repack packs that are mostly unused.
+    Prune(cmd_prune::PruneArgs),
+    /// Remove stale locks (of processes that are gone) only.
+    Unlock,
+    /// Manage the passwords that open the repository.
+    Key(cmd_key::KeyArgs),
     /// Run a self-contained demonstration in a temporary directory.
     Demo(demo::DemoArgs),
 }
@@ -191,6 +205,10 @@ fn main() {
         Command::Find(a) => cmd_find::run(&cli, a),
         Command::Mount(a) => cmd_mount::run(&cli, a),
         Command::Sync(a) => cmd_sync::run(&cli, a),
+        Command::Forget(a) => cmd_prune::forget(&cli, a),
+        Command::Prune(a) => cmd_prune::run(&cli, a),
+        Command::Unlock => cmd_prune::unlock(&cli),
+        Command::Key(a) => cmd_key::run(&cli, a),
         Command::Demo(a) => demo::run(&cli, a),
     };
     match result {

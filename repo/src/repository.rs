@@ -17,6 +17,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     keys: MasterKeys,
     config: Config,
+    /// The key file the password opened.
+    key_name: String,
 }
 
 /// A snapshot with its name (id).
@@ -138,6 +140,7 @@ impl Repository {
             backend,
             keys,
             config,
+            key_name,
         })
     }
 
@@ -188,14 +191,14 @@ impl Repository {
             };
             match MasterKeys::unwrap(&kf, password) {
                 Ok(k) => {
-                    keys = Some(k);
+                    keys = Some((k, name.clone()));
                     break;
                 }
                 Err(CryptoError::Authentication) => {}
                 Err(e) => damaged.push(format!("{name} ({e})")),
             }
         }
-        let Some(keys) = keys else {
+        let Some((keys, key_name)) = keys else {
             if damaged.len() == key_names.len() {
                 return Err(RepoError::corrupt(
                     FileKind::Key,
@@ -216,6 +219,7 @@ impl Repository {
             backend,
             keys,
             config,
+            key_name,
         })
     }
 
@@ -227,6 +231,71 @@ impl Repository {
     /// The master keys.
     pub fn keys(&self) -> &MasterKeys {
         &self.keys
+    }
+
+    /// The name of the key file the password opened.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// Every key file, decoded (damaged ones are reported as errors beside the good).
+    pub fn list_keys(&self) -> Result<Vec<(String, std::result::Result<KeyFile, String>)>> {
+        let names = self
+            .backend
+            .list(FileKind::Key)
+            .map_err(|e| io_err(FileKind::Key, "", e))?;
+        let mut out = Vec::new();
+        for (name, _) in names {
+            let decoded = self
+                .backend
+                .get(FileKind::Key, &name)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    if object_name(&b) != name {
+                        return Err("content does not match its name".to_string());
+                    }
+                    KeyFile::decode(&b).map_err(|e| e.to_string())
+                });
+            out.push((name, decoded));
+        }
+        Ok(out)
+    }
+
+    /// Adds a key file wrapping the master keys under `password`; returns its name.
+    /// Only the new key file is written.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let key_file = self
+            .keys
+            .wrap(password, kdf, now_rfc3339(), hostname())
+            .map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let bytes = key_file.encode();
+        let name = object_name(&bytes);
+        self.backend
+            .put(FileKind::Key, &name, &bytes)
+            .map_err(|e| io_err(FileKind::Key, &name, e))?;
+        Ok(name)
+    }
+
+    /// Removes a key file, which must not be the last one.
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        let names = self
+            .backend
+            .list(FileKind::Key)
+            .map_err(|e| io_err(FileKind::Key, "", e))?;
+        if !names.iter().any(|(n, _)| n == name) {
+            return Err(RepoError::NotFound {
+                kind: FileKind::Key,
+                name: name.to_string(),
+            });
+        }
+        if names.len() < 2 {
+            return Err(RepoError::Invalid(
+                "refusing to remove the only key file: the repository could never be opened again (add another key first)".into(),
+            ));
+        }
+        self.backend
+            .remove(FileKind::Key, name)
+            .map_err(|e| io_err(FileKind::Key, name, e))
     }
 
     /// The validated config.

@@ -1,0 +1,522 @@
+//! Prune: mark every chunk the snapshots use, then delete or repack packs that hold
+//! unused ones (FORMAT.md section 17).
+//!
+//! Memory: per indexed chunk one `u32` (its offset in its pack) and one bit, grouped by
+//! pack; plus one id per distinct manifest page visited. A manifest page already seen
+//! (unchanged between snapshots, so the same tree blob) is not read again, which keeps
+//! marking proportional to what changed. Only index files, manifest tree blobs and, for
+//! packs that are repacked, their headers and used blobs are read; packs that are kept
+//! or deleted are never downloaded.
+//!
+//! Order of writes: repacked packs, then index files listing every kept and new pack,
+//! then deletion of the old index files, then deletion of the packs no longer listed. A
+//! crash at any point leaves every snapshot restorable; the next prune finishes the job
+//! (packs listed by no index file are deleted). The caller holds an exclusive lock.
+
+use crate::backend::FileKind;
+use crate::cache::IndexCache;
+use crate::error::{RepoError, Result};
+use crate::format::index::{decode_index, encode_index, IndexPack};
+use crate::format::manifest::EntryKind;
+use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
+use crate::format::sealed::KIND_INDEX;
+use crate::pack_header::read_index_record;
+use crate::pack_writer::PackWriter;
+use crate::repository::{io_err, Repository};
+use crate::restore::{load_page, load_root, parse_id};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use vmvault_chunker::ChunkId;
+
+/// Index entries per index file written by prune.
+const INDEX_FLUSH_ENTRIES: usize = 100_000;
+/// Gap between used blobs still read in one request when repacking.
+const COALESCE_GAP: u64 = 256 << 10;
+
+/// How prune decides.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// A pack whose unused bytes exceed this share of its size (percent) is repacked.
+    pub max_unused_percent: f64,
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// Set from another thread to stop before the first deletion.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: 5.0,
+            dry_run: false,
+            cancel: None,
+        }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Default, Debug)]
+pub struct PruneProgress {
+    /// Snapshots marked so far.
+    pub snapshots_done: AtomicU64,
+    /// Snapshots to mark.
+    pub snapshots_total: AtomicU64,
+    /// Packs repacked so far.
+    pub repacked: AtomicU64,
+}
+
+/// What prune found and did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// True for a dry run: nothing was changed.
+    pub dry_run: bool,
+    /// Snapshots whose chunks were marked.
+    pub snapshots: u64,
+    /// Packs in the repository.
+    pub packs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes of blobs in use.
+    pub used_bytes: u64,
+    /// Packs kept as they are.
+    pub packs_kept: u64,
+    /// Packs with nothing in use, deleted.
+    pub packs_deleted: u64,
+    /// Packs repacked (used blobs copied into new packs, then deleted).
+    pub packs_repacked: u64,
+    /// Packs listed by no index file (left by interrupted runs), deleted.
+    pub packs_unindexed: u64,
+    /// New packs written by repacking.
+    pub packs_written: u64,
+    /// Bytes of the new packs.
+    pub bytes_written: u64,
+    /// Bytes of packs deleted (unused, repacked, unindexed).
+    pub bytes_deleted: u64,
+    /// Index files written.
+    pub index_files_written: u64,
+    /// Index files deleted.
+    pub index_files_deleted: u64,
+    /// Index entries dropped because their pack no longer exists (and no snapshot
+    /// needs them).
+    pub stale_index_entries: u64,
+    /// Unused bytes left in kept packs (below the repack threshold).
+    pub unused_bytes_left: u64,
+    /// Wall time.
+    pub duration_secs: f64,
+}
+
+/// What prune knows about one indexed pack.
+struct PackMarks {
+    /// Offsets of its blobs, sorted.
+    offsets: Vec<u32>,
+    /// One bit per blob: in use.
+    used: Vec<u64>,
+    /// Sum of the blobs' stored lengths.
+    blob_bytes: u64,
+    /// Stored bytes of used blobs.
+    used_bytes: u64,
+    /// Pack size (from the index).
+    size: u64,
+}
+
+impl PackMarks {
+    fn new(p: &IndexPack) -> Option<Self> {
+        let mut offsets: Vec<u32> = p
+            .entries
+            .iter()
+            .map(|e| u32::try_from(e.offset).ok())
+            .collect::<Option<_>>()?;
+        offsets.sort_unstable();
+        offsets.dedup();
+        let used = vec![0u64; offsets.len().div_ceil(64)];
+        let mut seen = HashSet::new();
+        let blob_bytes = p
+            .entries
+            .iter()
+            .filter(|e| seen.insert(e.offset))
+            .map(|e| u64::from(e.stored_len))
+            .sum();
+        Some(PackMarks {
+            offsets,
+            used,
+            blob_bytes,
+            used_bytes: 0,
+            size: p.size,
+        })
+    }
+
+    fn is_used(&self, offset: u64) -> bool {
+        u32::try_from(offset)
+            .ok()
+            .and_then(|o| self.offsets.binary_search(&o).ok())
+            .is_some_and(|i| self.used[i / 64] & (1 << (i % 64)) != 0)
+    }
+
+    /// Marks the blob at `entry.offset`; false if the pack has no blob there.
+    fn mark(&mut self, entry: &PackEntry) -> bool {
+        let Some(i) = u32::try_from(entry.offset)
+            .ok()
+            .and_then(|o| self.offsets.binary_search(&o).ok())
+        else {
+            return false;
+        };
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.used[word] & bit == 0 {
+            self.used[word] |= bit;
+            self.used_bytes += u64::from(entry.stored_len);
+        }
+        true
+    }
+}
+
+/// What happens to a pack.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fate {
+    Keep,
+    Delete,
+    Repack,
+}
+
+/// Runs prune. The caller holds an exclusive lock and `cache` is up to date.
+pub fn prune(
+    repo: &Repository,
+    cache: &IndexCache,
+    opts: &PruneOptions,
+    progress: &PruneProgress,
+) -> Result<PruneReport> {
+    let started = Instant::now();
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let stored: HashMap<[u8; 32], u64> = repo
+        .backend()
+        .list(FileKind::Pack)
+        .map_err(|e| io_err(FileKind::Pack, "", e))?
+        .into_iter()
+        .filter_map(|(n, size)| {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(&n, &mut id).ok()?;
+            Some((id, size))
+        })
+        .collect();
+    report.packs = stored.len() as u64;
+    report.bytes = stored.values().sum();
+    let index_files = repo
+        .backend()
+        .list(FileKind::Index)
+        .map_err(|e| io_err(FileKind::Index, "", e))?;
+
+    // Every indexed pack that exists, with its blob offsets.
+    let mut marks: HashMap<[u8; 32], PackMarks> = HashMap::new();
+    let mut missing_packs: HashSet<[u8; 32]> = HashSet::new();
+    for (name, _) in &index_files {
+        for p in read_index(repo, name)? {
+            if !stored.contains_key(&p.name) {
+                missing_packs.insert(p.name);
+                continue;
+            }
+            if marks.contains_key(&p.name) {
+                continue;
+            }
+            let m = PackMarks::new(&p).ok_or_else(|| {
+                RepoError::corrupt(FileKind::Index, name, "a blob offset beyond 4 GiB")
+            })?;
+            marks.insert(p.name, m);
+        }
+    }
+
+    // Mark.
+    let (snaps, bad) = repo.list_snapshots()?;
+    if let Some(e) = bad.into_iter().next() {
+        return Err(RepoError::Invalid(format!(
+            "prune needs every snapshot readable, and one is not ({e}); run `vmvault repair snapshots` or remove it first"
+        )));
+    }
+    report.snapshots = snaps.len() as u64;
+    progress
+        .snapshots_total
+        .store(snaps.len() as u64, Ordering::Relaxed);
+    let mut visited_pages: HashSet<ChunkId> = HashSet::new();
+    for (snap_name, snap) in &snaps {
+        let mut mark = |id: &ChunkId| -> Result<()> {
+            let lost = |why: String| {
+                RepoError::Invalid(format!(
+                    "snapshot {} needs chunk {id}, which {why}; prune would lose data, so it stops (run `vmvault check`, then `vmvault repair index` or `vmvault repair snapshots`)",
+                    &snap_name[..12.min(snap_name.len())]
+                ))
+            };
+            let loc = cache
+                .lookup(id)?
+                .ok_or_else(|| lost("no index file lists".into()))?;
+            let marked = marks.get_mut(&loc.pack).is_some_and(|m| m.mark(&loc.entry));
+            if marked {
+                Ok(())
+            } else {
+                Err(lost(format!(
+                    "is in pack {}, which is missing",
+                    hex::encode(loc.pack)
+                )))
+            }
+        };
+        let disks = snap
+            .disks
+            .iter()
+            .cloned()
+            .chain(snap.configs.iter().map(|c| c.as_disk()))
+            .chain(snap.catalogs.iter().filter_map(|c| c.as_disk()));
+        for disk in disks {
+            mark(&parse_id(&disk.manifest)?)?;
+            let root = load_root(repo, cache, &disk)?;
+            for i in 0..root.pages.len() {
+                let page = root.pages[i];
+                if !visited_pages.insert(page) {
+                    continue;
+                }
+                mark(&page)?;
+                for (_, e) in load_page(repo, cache, &root, i)? {
+                    if let EntryKind::Data(id) = e.kind {
+                        mark(&id)?;
+                    }
+                }
+            }
+        }
+        progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(visited_pages);
+
+    // Decide.
+    let mut fates: HashMap<[u8; 32], Fate> = HashMap::new();
+    for (pack, m) in &marks {
+        report.used_bytes += m.used_bytes;
+        let unused = m.blob_bytes.saturating_sub(m.used_bytes);
+        let fate = if m.used_bytes == 0 {
+            Fate::Delete
+        } else if unused as f64 * 100.0 > opts.max_unused_percent * m.size as f64 {
+            Fate::Repack
+        } else {
+            report.unused_bytes_left += unused;
+            Fate::Keep
+        };
+        fates.insert(*pack, fate);
+    }
+    let unindexed: Vec<[u8; 32]> = stored
+        .keys()
+        .filter(|p| !marks.contains_key(*p))
+        .copied()
+        .collect();
+    for fate in fates.values() {
+        match fate {
+            Fate::Keep => report.packs_kept += 1,
+            Fate::Delete => report.packs_deleted += 1,
+            Fate::Repack => report.packs_repacked += 1,
+        }
+    }
+    report.packs_unindexed = unindexed.len() as u64;
+    report.bytes_deleted = fates
+        .iter()
+        .filter(|(_, f)| **f != Fate::Keep)
+        .map(|(p, _)| stored.get(p).copied().unwrap_or(0))
+        .sum::<u64>()
+        + unindexed
+            .iter()
+            .map(|p| stored.get(p).copied().unwrap_or(0))
+            .sum::<u64>();
+    report.stale_index_entries = missing_packs.len() as u64;
+    let nothing_to_do = report.packs_deleted == 0
+        && report.packs_repacked == 0
+        && unindexed.is_empty()
+        && missing_packs.is_empty()
+        && index_files.len() <= 1;
+    if opts.dry_run || nothing_to_do {
+        report.duration_secs = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+
+    // Repack: used blobs of the chosen packs into new packs.
+    let mut new_records: Vec<IndexPack> = Vec::new();
+    let target = repo.config().pack_size_target as usize;
+    let mut writer: Option<PackWriter> = None;
+    let flush_pack = |w: PackWriter, report: &mut PruneReport| -> Result<IndexPack> {
+        let p = w.finish();
+        let name = hex::encode(p.name);
+        repo.backend()
+            .put(FileKind::Pack, &name, &p.bytes)
+            .map_err(|e| io_err(FileKind::Pack, &name, e))?;
+        report.packs_written += 1;
+        report.bytes_written += p.bytes.len() as u64;
+        Ok(p.index)
+    };
+    let mut decompressor = crate::blob::new_decompressor()?;
+    let mut to_repack: Vec<[u8; 32]> = fates
+        .iter()
+        .filter(|(_, f)| **f == Fate::Repack)
+        .map(|(p, _)| *p)
+        .collect();
+    to_repack.sort_unstable();
+    for pack in &to_repack {
+        if cancelled() {
+            return Err(RepoError::Interrupted);
+        }
+        let name = hex::encode(pack);
+        let size = stored.get(pack).copied().unwrap_or(0);
+        let record = read_index_record(repo.keys(), repo.backend().as_ref(), &name, size)?;
+        let m = &marks[pack];
+        let mut used: Vec<PackEntry> = record
+            .entries
+            .iter()
+            .filter(|e| m.is_used(e.offset))
+            .copied()
+            .collect();
+        used.sort_by_key(|e| e.offset);
+        used.dedup_by_key(|e| e.offset);
+        let cipher = repo.keys().pack_cipher(&record.salt);
+        let mut i = 0;
+        while i < used.len() {
+            let start = used[i].offset;
+            let mut end = used[i].end();
+            let mut j = i + 1;
+            while j < used.len() && used[j].offset <= end + COALESCE_GAP {
+                end = end.max(used[j].end());
+                j += 1;
+            }
+            let mut range = repo
+                .backend()
+                .get_range(FileKind::Pack, &name, start, end - start)
+                .map_err(|e| io_err(FileKind::Pack, &name, e))?;
+            for e in &used[i..j] {
+                let from = (e.offset - start) as usize;
+                let stored_blob = &mut range[from..from + e.stored_len as usize];
+                let payload =
+                    decrypt_and_verify(repo, &cipher, &name, e, stored_blob, &mut decompressor)?;
+                let w = match writer.as_mut() {
+                    Some(w) => w,
+                    None => writer.insert(PackWriter::new(repo.keys(), target + (1 << 20))?),
+                };
+                w.add(e.id, e.kind, e.compression, e.raw_len, payload);
+                if w.len() >= target {
+                    if let Some(full) = writer.take() {
+                        new_records.push(flush_pack(full, &mut report)?);
+                    }
+                }
+            }
+            i = j;
+        }
+        progress.repacked.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(w) = writer.take() {
+        if !w.is_empty() {
+            new_records.push(flush_pack(w, &mut report)?);
+        }
+    }
+    if cancelled() {
+        return Err(RepoError::Interrupted);
+    }
+
+    // New index files: every kept pack (from the old index files, once each) and the new
+    // packs.
+    let mut batch: Vec<IndexPack> = Vec::new();
+    let mut entries = 0usize;
+    let mut written_index: Vec<String> = Vec::new();
+    let mut flush_index = |batch: &mut Vec<IndexPack>, entries: &mut usize| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(batch))?;
+        written_index.push(name);
+        batch.clear();
+        *entries = 0;
+        Ok(())
+    };
+    let mut emitted: HashSet<[u8; 32]> = HashSet::new();
+    for (name, _) in &index_files {
+        for p in read_index(repo, name)? {
+            if fates.get(&p.name) != Some(&Fate::Keep) || !emitted.insert(p.name) {
+                continue;
+            }
+            entries += p.entries.len();
+            batch.push(p);
+            if entries >= INDEX_FLUSH_ENTRIES {
+                flush_index(&mut batch, &mut entries)?;
+            }
+        }
+    }
+    for p in new_records {
+        entries += p.entries.len();
+        batch.push(p);
+        if entries >= INDEX_FLUSH_ENTRIES {
+            flush_index(&mut batch, &mut entries)?;
+        }
+    }
+    flush_index(&mut batch, &mut entries)?;
+    report.index_files_written = written_index.len() as u64;
+
+    // Old index files go, then the packs nothing lists any more.
+    let keep_index: HashSet<&String> = written_index.iter().collect();
+    for (name, _) in &index_files {
+        if keep_index.contains(name) {
+            continue;
+        }
+        repo.backend()
+            .remove(FileKind::Index, name)
+            .map_err(|e| io_err(FileKind::Index, name, e))?;
+        report.index_files_deleted += 1;
+    }
+    let doomed = fates
+        .iter()
+        .filter(|(_, f)| **f != Fate::Keep)
+        .map(|(p, _)| *p)
+        .chain(unindexed);
+    for pack in doomed {
+        let name = hex::encode(pack);
+        repo.backend()
+            .remove(FileKind::Pack, &name)
+            .map_err(|e| io_err(FileKind::Pack, &name, e))?;
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn read_index(repo: &Repository, name: &str) -> Result<Vec<IndexPack>> {
+    let plain = repo.get_sealed(FileKind::Index, KIND_INDEX, name)?;
+    decode_index(&plain).map_err(|e| RepoError::corrupt(FileKind::Index, name, e.0))
+}
+
+/// Decrypts one blob in place and checks it (decompressing if needed, recomputing its
+/// id); returns the stored payload (still compressed) to copy into a new pack.
+fn decrypt_and_verify<'a>(
+    repo: &Repository,
+    cipher: &crate::crypto::PackCipher,
+    pack: &str,
+    e: &PackEntry,
+    stored: &'a mut [u8],
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<&'a [u8]> {
+    let bad = |reason: String| RepoError::corrupt(FileKind::Pack, pack, reason);
+    let n = cipher
+        .decrypt_blob(e.offset, &e.id, stored)
+        .map_err(|err| bad(format!("chunk {} at offset {}: {err}", e.id, e.offset)))?;
+    let payload = &stored[..n];
+    let id = match e.compression {
+        COMPRESSION_NONE => repo.keys().chunk_id(payload),
+        COMPRESSION_ZSTD => {
+            let plain = decompressor
+                .decompress(payload, e.raw_len as usize)
+                .map_err(|err| bad(format!("chunk {}: zstd: {err}", e.id)))?;
+            repo.keys().chunk_id(&plain)
+        }
+        c => return Err(bad(format!("chunk {}: unknown compression {c}", e.id))),
+    };
+    if id != e.id {
+        return Err(bad(format!("chunk {} does not hash to its id", e.id)));
+    }
+    Ok(payload)
+}
