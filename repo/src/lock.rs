@@ -235,6 +235,11 @@ fn start_guard(repo: &Repository, name: String, operation: &str, exclusive: bool
             let (flag, cvar) = &*s;
             let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
             loop {
+                // Checked before every wait: the guard may be dropped before this thread
+                // first waits, and a notification nobody waits for is lost.
+                if *stopped {
+                    return;
+                }
                 let (guard, timeout) = cvar
                     .wait_timeout(stopped, REFRESH_INTERVAL)
                     .unwrap_or_else(|e| e.into_inner());

@@ -275,7 +275,7 @@ pub struct Vault {
     pub dir: tempfile::TempDir,
     /// The repository directory (for a local repository).
     pub repo: PathBuf,
-    /// What `-r` gets: `repo`, or a URL set with [`Vault::at`].
+    /// What `-r` gets when set with [`Vault::at`] (a URL); empty means `repo`.
     pub location: std::ffi::OsString,
     /// Extra environment for every command (object-store credentials).
     pub env: Vec<(String, String)>,
@@ -300,7 +300,7 @@ impl Vault {
         let cache = dir.path().join("cache");
         Vault {
             dir,
-            location: repo.clone().into_os_string(),
+            location: std::ffi::OsString::new(),
             repo,
             env: Vec::new(),
             cache,
@@ -331,7 +331,17 @@ impl Vault {
 
     /// `vmvault -r REPO` with the password, the cache dir and a private HOME.
     pub fn cmd(&self) -> Command {
-        self.cmd_at(&self.location)
+        self.cmd_at(&self.loc())
+    }
+
+    /// The repository location commands get: the URL given to [`Vault::at`], else the
+    /// `repo` directory (which tests may change after construction).
+    pub fn loc(&self) -> std::ffi::OsString {
+        if self.location.is_empty() {
+            self.repo.clone().into_os_string()
+        } else {
+            self.location.clone()
+        }
     }
 
     /// Like [`Vault::cmd`] for another repository location.

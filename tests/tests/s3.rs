@@ -242,7 +242,7 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
 
     // local -> S3 mirror.
     let m = s3_vault(&server, &offsite, "mirror");
-    let src_loc = src.location.to_str().unwrap().to_string();
+    let src_loc = src.loc().to_str().unwrap().to_string();
     m.ok(&["init", "--mirror-of", &src_loc]);
     let plan = src.json(&["sync", "--to", &mirror_url, "--dry-run"]);
     assert_eq!(plan["snapshots"].as_array().unwrap().len(), 3, "{plan}");
@@ -279,7 +279,7 @@ fn sync_local_to_s3_to_local_and_s3_to_s3() {
         server.env(),
     );
     local.ok(&["init", "--mirror-of", &mirror_url]);
-    let local_loc = local.location.to_str().unwrap().to_string();
+    let local_loc = local.loc().to_str().unwrap().to_string();
     let s = m.json(&["sync", "--to", &local_loc, "--vm", "vm-a", &sa1[..10]]);
     assert_eq!(
         s["snapshots_copied"],
