@@ -85,12 +85,38 @@ fn an_exclusive_lock_of_another_host_is_respected() {
             operation: "prune".into(),
             host: "other-kvm-host".into(),
             pid: 1,
-            time: "2026-01-01T00:00:00.000000Z".into(),
+            // A live lock is refreshed, so its time is recent.
+            time: vmvault_repo::repository::now_rfc3339(),
         },
     );
     all_refused(&v, &img, &id, &["locked", "other-kvm-host"]);
     std::fs::remove_file(lock).unwrap();
     v.backup("vm", &[&img]);
+}
+
+#[test]
+fn a_lock_of_another_host_not_refreshed_for_30_minutes_is_stale() {
+    let (v, img, _) = setup();
+    let repo = open(&v);
+    let lock = forge_lock(
+        &v,
+        &repo,
+        &LockInfo {
+            version: 1,
+            exclusive: true,
+            operation: "prune".into(),
+            host: "other-kvm-host".into(),
+            pid: 1,
+            time: "2026-01-01T00:00:00.000000Z".into(),
+        },
+    );
+    // Ignored by backups (its holder stopped refreshing it long ago)...
+    v.backup("vm", &[&img]);
+    // ...left in place by them (its host may only be slow), removed by unlock.
+    assert!(lock.exists());
+    let o = v.json(&["unlock"]);
+    assert_eq!(o["removed"].as_array().unwrap().len(), 1, "{o}");
+    assert!(!lock.exists());
 }
 
 #[test]
