@@ -1,8 +1,8 @@
 //! Locks: an exclusive lock stops backups, restores and checks with exit 11 and a
 //! message naming the holder; stale locks of dead processes on this host do not.
 //!
-//! The CLI has no exclusive operation yet, so the locks are taken (or forged, for other
-//! hosts and dead processes) through the `vmvault-repo` library.
+//! Locks of other hosts and of dead processes are forged through the `vmvault-repo`
+//! library; `tests/tests/lifecycle.rs` covers the CLI's own exclusive operations.
 
 use std::sync::Arc;
 use vmvault_repo::backend::LocalBackend;
