@@ -12,6 +12,7 @@ mod cmd_key;
 mod cmd_ls;
 mod cmd_mount;
 mod cmd_prune;
+mod cmd_repair;
 mod cmd_restore;
 mod cmd_snapshots;
 mod cmd_sync;
@@ -92,6 +93,8 @@ pub enum Command {
     Forget(cmd_prune::ForgetArgs),
     /// Delete data no snapshot uses; repack packs that are mostly unused.
     Prune(cmd_prune::PruneArgs),
+    /// Rebuild the index from pack headers, or save what survives of damaged snapshots.
+    Repair(cmd_repair::RepairArgs),
     /// Remove stale locks (of processes that are gone) only.
     Unlock,
     /// Manage the passwords that open the repository.
@@ -208,6 +211,7 @@ fn main() {
         Command::Forget(a) => cmd_prune::forget(&cli, a),
         Command::Prune(a) => cmd_prune::run(&cli, a),
         Command::Unlock => cmd_prune::unlock(&cli),
+        Command::Repair(a) => cmd_repair::run(&cli, a),
         Command::Key(a) => cmd_key::run(&cli, a),
         Command::Demo(a) => demo::run(&cli, a),
     };

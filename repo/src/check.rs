@@ -55,6 +55,41 @@ pub struct CheckReport {
     pub bytes_read: u64,
 }
 
+/// Which packs `check` reads whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadData {
+    /// None: structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Part `n` (1-based) of `m`: a pack belongs to part `1 + (first 8 bytes of its name
+    /// as a big-endian number) mod m`, so parts 1..=m together read every pack once, and
+    /// the same part always reads the same packs.
+    Subset {
+        /// Which part, 1..=m.
+        n: u32,
+        /// How many parts.
+        m: u32,
+    },
+}
+
+impl ReadData {
+    /// Whether the pack named `name` (hex) is read.
+    pub fn includes(&self, name: &str) -> bool {
+        match *self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset { n, m } => {
+                let head = name
+                    .get(..16)
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .unwrap_or(0);
+                m > 0 && head % u64::from(m) == u64::from(n.saturating_sub(1))
+            }
+        }
+    }
+}
+
 /// Reads one pack whole and verifies everything in it; returns the ids of bad blobs
 /// (all listed ones if the pack cannot be parsed) and a message per problem.
 fn verify_pack(
@@ -130,7 +165,7 @@ fn verify_pack(
 pub fn check(
     repo: &Repository,
     cache: &IndexCache,
-    read_data: bool,
+    read_data: ReadData,
     progress: &CheckProgress,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
@@ -187,10 +222,10 @@ pub fn check(
 
     // Pack contents.
     let mut damaged: HashSet<ChunkId> = HashSet::new();
-    if read_data {
+    if read_data != ReadData::None {
         let names: Vec<(&String, &Vec<PackEntry>)> = listed
             .iter()
-            .filter(|(n, _)| packs.contains_key(*n))
+            .filter(|(n, _)| packs.contains_key(*n) && read_data.includes(n))
             .collect();
         progress
             .packs_total

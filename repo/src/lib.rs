@@ -17,6 +17,7 @@ pub mod pack_header;
 pub mod pack_writer;
 mod pending;
 pub mod prune;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod stats;
