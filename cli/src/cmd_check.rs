@@ -23,8 +23,14 @@ fn parse_subset(s: &str) -> std::result::Result<(u32, u32), String> {
     let (n, m) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?} is not N/M (e.g. 2/7)"))?;
-    let n: u32 = n.trim().parse().map_err(|_| format!("{n:?} is not a number"))?;
-    let m: u32 = m.trim().parse().map_err(|_| format!("{m:?} is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number"))?;
+    let m: u32 = m
+        .trim()
+        .parse()
+        .map_err(|_| format!("{m:?} is not a number"))?;
     if m == 0 || n == 0 || n > m {
         return Err(format!("{s}: need 1 <= N <= M"));
     }
@@ -43,13 +49,16 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<i32> {
     let cache = context::cache(cli, &repo)?;
     let prog = Arc::new(CheckProgress::default());
     let p = prog.clone();
-    let ticker = progress::Ticker::start(progress::wanted(cli) && read_data != ReadData::None, move || {
-        (
-            p.packs_done.load(Ordering::Relaxed),
-            p.packs_total.load(Ordering::Relaxed),
-            "packs".into(),
-        )
-    });
+    let ticker = progress::Ticker::start(
+        progress::wanted(cli) && read_data != ReadData::None,
+        move || {
+            (
+                p.packs_done.load(Ordering::Relaxed),
+                p.packs_total.load(Ordering::Relaxed),
+                "packs".into(),
+            )
+        },
+    );
     let report = check(&repo, &cache, read_data, &prog).map_err(|e| anyhow!(e))?;
     drop(ticker);
     let ok = report.errors.is_empty();

@@ -60,7 +60,11 @@ pub fn run(cli: &Cli, a: &RepairArgs) -> Result<i32> {
                     r.snapshots,
                     r.intact,
                     r.repaired.len(),
-                    if *dry_run { "damaged (dry run: nothing written)" } else { "repaired" }
+                    if *dry_run {
+                        "damaged (dry run: nothing written)"
+                    } else {
+                        "repaired"
+                    }
                 );
                 for s in &r.repaired {
                     println!(
@@ -87,7 +91,10 @@ pub fn run(cli: &Cli, a: &RepairArgs) -> Result<i32> {
                         );
                     }
                     if s.lost.len() > 20 {
-                        println!("    ... and {} more ranges (--json lists all)", s.lost.len() - 20);
+                        println!(
+                            "    ... and {} more ranges (--json lists all)",
+                            s.lost.len() - 20
+                        );
                     }
                 }
                 if !r.missing_packs.is_empty() {

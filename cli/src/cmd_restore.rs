@@ -279,7 +279,7 @@ fn restore_xva(
     snap: &Snapshot,
     disks: &[SnapshotDisk],
 ) -> Result<i32> {
-    let _lock = crate::context::lock(cli, &repo, "restore", false)?;
+    let _lock = crate::context::lock(cli, repo, "restore", false)?;
     let cache = context::cache(cli, repo)?;
     let opts = RestoreOptions {
         overwrite: a.overwrite,
@@ -393,7 +393,7 @@ fn restore_vmdk_stream(
     id: &str,
     d: &SnapshotDisk,
 ) -> Result<i32> {
-    let _lock = crate::context::lock(cli, &repo, "restore", false)?;
+    let _lock = crate::context::lock(cli, repo, "restore", false)?;
     let cache = context::cache(cli, repo)?;
     let opts = RestoreOptions {
         overwrite: a.overwrite,

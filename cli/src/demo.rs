@@ -154,7 +154,12 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<i32> {
         human::bytes(restored_alloc),
         if identical { "yes" } else { "NO" }
     );
-    let report = check(&repo, &cache, vmvault_repo::check::ReadData::All, &CheckProgress::default())?;
+    let report = check(
+        &repo,
+        &cache,
+        vmvault_repo::check::ReadData::All,
+        &CheckProgress::default(),
+    )?;
     let stats = vmvault_repo::stats::stats(&repo, &cache)?;
     println!(
         "7. check --read-data: {}",

@@ -414,7 +414,15 @@ pub fn repair_snapshots(
         }
         new.configs.clear();
         for c in &snap.configs {
-            match repair_disk(repo, cache, &avail, &mut trees, &c.as_disk(), &mut lost, write)? {
+            match repair_disk(
+                repo,
+                cache,
+                &avail,
+                &mut trees,
+                &c.as_disk(),
+                &mut lost,
+                write,
+            )? {
                 Some(m) if m == c.manifest => new.configs.push(c.clone()),
                 _ => dropped.push(format!("config file {}", c.name)),
             }

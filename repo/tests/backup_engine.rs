@@ -211,7 +211,13 @@ fn multi_page_round_trip_and_thread_independence() {
     )
     .unwrap();
     assert_restored_equals(&out, &disk);
-    let report = check(&repo, &cache, true, &CheckProgress::default()).unwrap();
+    let report = check(
+        &repo,
+        &cache,
+        vmvault_repo::check::ReadData::All,
+        &CheckProgress::default(),
+    )
+    .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
 
@@ -230,7 +236,13 @@ fn failing_source_writes_no_snapshot_and_keeps_the_repository_sound() {
     assert!(damaged.is_empty());
     assert_eq!(snaps.len(), 1, "a failed backup must not write a snapshot");
     assert_eq!(snaps[0].0, good);
-    let report = check(&repo, &cache, true, &CheckProgress::default()).unwrap();
+    let report = check(
+        &repo,
+        &cache,
+        vmvault_repo::check::ReadData::All,
+        &CheckProgress::default(),
+    )
+    .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     // And the next backup works, deduplicating against what the failed one stored.
     run_backup(&repo, &cache, sample_disk(), 2).unwrap();
