@@ -87,6 +87,8 @@ pub struct PruneReport {
     pub packs_deleted: u64,
     /// Packs repacked (used blobs copied into new packs, then deleted).
     pub packs_repacked: u64,
+    /// Total size of the packs repacked (the most prune reads of them).
+    pub repacked_pack_bytes: u64,
     /// Packs listed by no index file (left by interrupted runs), deleted.
     pub packs_unindexed: u64,
     /// New packs written by repacking.
@@ -308,11 +310,14 @@ pub fn prune(
         .filter(|p| !marks.contains_key(*p))
         .copied()
         .collect();
-    for fate in fates.values() {
+    for (pack, fate) in &fates {
         match fate {
             Fate::Keep => report.packs_kept += 1,
             Fate::Delete => report.packs_deleted += 1,
-            Fate::Repack => report.packs_repacked += 1,
+            Fate::Repack => {
+                report.packs_repacked += 1;
+                report.repacked_pack_bytes += stored.get(pack).copied().unwrap_or(0);
+            }
         }
     }
     report.packs_unindexed = unindexed.len() as u64;

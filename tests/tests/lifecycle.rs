@@ -374,3 +374,135 @@ fn unlock_removes_only_stale_locks_and_retry_lock_waits() {
     assert_eq!(removed[0]["name"], name.as_str());
     assert!(!v.repo.join("locks").join(&name).exists());
 }
+
+#[test]
+fn a_pack_deleted_behind_our_back_is_named_and_repair_saves_the_rest() {
+    let v = Vault::init();
+    let a = v.path("a.img");
+    let b = v.path("b.img");
+    random_file(&a, 40 * MIB, 21);
+    random_file(&b, 24 * MIB, 22);
+    let sa = v.backup("a", &[&a])["id"].as_str().unwrap().to_string();
+    let sb = v.backup("b", &[&b])["id"].as_str().unwrap().to_string();
+    // The first pack of VM a's data goes missing.
+    let packs = v.packs();
+    let victim = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    std::fs::remove_file(&victim).unwrap();
+
+    let o = v.run(&["--json", "check"]);
+    assert_eq!(o.code, exit::CHECK_FAILED);
+    let report = o.json();
+    let affected: Vec<&str> = report["affected_snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(!affected.is_empty(), "{}", report["errors"]);
+    let damaged = affected[0].to_string();
+    let (lost_img, intact_id, intact_img) = if damaged == sa {
+        (&a, &sb, &b)
+    } else {
+        (&b, &sa, &a)
+    };
+
+    // A dry run says what would be lost and changes nothing.
+    let dry = v.json(&["repair", "snapshots", "--dry-run"]);
+    assert_eq!(
+        dry["repaired"].as_array().unwrap().len(),
+        affected.len(),
+        "{dry}"
+    );
+    assert!(dry["repaired"][0]["lost_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v.snapshots().len(), 2);
+
+    let r = v.json(&["repair", "snapshots"]);
+    let fixed = &r["repaired"][0];
+    assert_eq!(fixed["old_id"], damaged.as_str());
+    let new_id = fixed["new_id"].as_str().unwrap().to_string();
+    let lost: Vec<(u64, u64)> = fixed["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["offset"].as_u64().unwrap(), l["len"].as_u64().unwrap()))
+        .collect();
+    assert!(!r["missing_packs"].as_array().unwrap().is_empty());
+    v.json(&["repair", "index"]);
+    v.check_ok(true);
+    let snaps = v.snapshots();
+    assert_eq!(snaps.len(), 2);
+    let repaired = snaps.iter().find(|s| s["id"] == new_id.as_str()).unwrap();
+    assert!(repaired["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "repaired"));
+
+    // The intact snapshot restores byte for byte; the repaired one matches except in the
+    // lost ranges, which read as zeros.
+    let out = v.path("intact.raw");
+    v.restore(intact_id, &out, &[]);
+    assert_same(intact_img, &out);
+    let out = v.path("repaired.raw");
+    v.restore(&new_id, &out, &[]);
+    let want = std::fs::read(lost_img).unwrap();
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(want.len(), got.len());
+    let mut in_lost = vec![false; got.len()];
+    for (off, len) in &lost {
+        for x in &mut in_lost[*off as usize..(*off + *len) as usize] {
+            *x = true;
+        }
+    }
+    for i in 0..got.len() {
+        if in_lost[i] {
+            assert_eq!(got[i], 0, "lost byte {i} is not zero");
+        } else {
+            assert_eq!(got[i], want[i], "byte {i} differs outside the lost ranges");
+        }
+    }
+    // A new backup stores the lost data again (the index no longer claims it).
+    let again = v.backup("x", &[lost_img]);
+    let out = v.path("again.raw");
+    v.restore(again["id"].as_str().unwrap(), &out, &[]);
+    assert_same(lost_img, &out);
+    v.check_ok(true);
+}
+
+#[test]
+fn check_read_data_subsets_cover_every_pack_once() {
+    let v = Vault::init();
+    let img = v.path("s.img");
+    random_file(&img, 64 * MIB, 31);
+    v.backup("s", &[&img]);
+    let full = v.check_ok(true)["bytes_read"].as_u64().unwrap();
+    let mut sum = 0;
+    for i in 1..=3 {
+        let part = format!("{i}/3");
+        let o = v.json(&["check", "--read-data-subset", &part]);
+        sum += o["bytes_read"].as_u64().unwrap();
+    }
+    assert_eq!(sum, full);
+    v.run(&["check", "--read-data-subset", "4/3"])
+        .assert_fails(exit::USAGE, &["N <= M"]);
+    // A flipped bit in a data pack (the largest; manifests, read by every check, live in
+    // a small one) is found by exactly one part.
+    let pack = v
+        .packs()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let middle = std::fs::metadata(&pack).unwrap().len() as i64 / 2;
+    flip_bit(&pack, middle, 3);
+    let failing = (1..=3)
+        .filter(|i| {
+            let part = format!("{i}/3");
+            v.run(&["check", "--read-data-subset", &part]).code == exit::CHECK_FAILED
+        })
+        .count();
+    assert_eq!(failing, 1);
+}

@@ -524,3 +524,38 @@ impl RunWithLocation for Vault {
         run_command(c, Stdio::null())
     }
 }
+
+#[test]
+fn prune_on_s3_reads_indexes_and_headers_not_whole_packs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = server(&tmp);
+    let bucket = server.unique_bucket("prune");
+    let v = s3_vault(&server, &bucket, "r");
+    v.ok(&["init"]);
+    let img = v.path("p.img");
+    random_file(&img, 64 * MIB, 51);
+    let mut rng = Rng::new(52);
+    for _ in 0..4 {
+        write_random(&img, rng.below(56) * MIB, 8 * MIB, &mut rng);
+        v.backup("p", &[&img]);
+    }
+    v.ok(&["forget", "--keep-last", "1"]);
+    // Without repacking, prune reads index files and manifests only.
+    let p = v.json(&["prune", "--max-unused", "100"]);
+    let down = p["requests"]["bytes_down"].as_u64().unwrap();
+    let total = p["bytes"].as_u64().unwrap();
+    assert!(p["packs_deleted"].as_u64().unwrap() > 0, "{p}");
+    assert!(
+        down * 20 < total,
+        "prune downloaded {down} of {total} bytes: {p}"
+    );
+    // With repacking, whole-pack reads stay within the repacked packs.
+    let p = v.json(&["prune", "--max-unused", "0"]);
+    let down = p["requests"]["bytes_down"].as_u64().unwrap();
+    let repacked = p["repacked_pack_bytes"].as_u64().unwrap();
+    assert!(down <= repacked + total / 20, "{p}");
+    v.check_ok(true);
+    let out = v.path("out.raw");
+    v.restore("latest", &out, &[]);
+    assert_same(&img, &out);
+}
