@@ -101,14 +101,49 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<i32> {
     Ok(crate::exit::OK)
 }
 
+/// Arguments of `vmvault stats`.
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// Only this VM's figures (logical size, stored bytes it alone uses, shared bytes).
+    #[arg(long)]
+    pub vm: Option<String>,
+}
+
 /// Runs `vmvault stats`.
-pub fn stats(cli: &Cli) -> Result<i32> {
+pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<i32> {
     let repo = context::open(cli)?;
     let cache = context::cache(cli, &repo)?;
     let st = vmvault_repo::stats::stats(&repo, &cache).map_err(|e| anyhow!(e))?;
+    let per_vm =
+        vmvault_repo::stats::vm_stats(&repo, &cache, a.vm.as_deref()).map_err(|e| anyhow!(e))?;
+    if let (Some(vm), true) = (&a.vm, per_vm.is_empty()) {
+        anyhow::bail!("no snapshot of VM {vm:?}");
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["vms_detail"] = serde_json::to_value(&per_vm)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !cli.quiet {
+        if !per_vm.is_empty() {
+            println!(
+                "{:<24} {:>9} {:>12} {:>14} {:>14}",
+                "VM", "SNAPSHOTS", "LOGICAL", "UNIQUE STORED", "SHARED STORED"
+            );
+            for v in &per_vm {
+                println!(
+                    "{:<24} {:>9} {:>12} {:>14} {:>14}",
+                    v.vm,
+                    v.snapshots,
+                    human::bytes(v.logical_bytes),
+                    human::bytes(v.unique_stored_bytes),
+                    human::bytes(v.shared_stored_bytes)
+                );
+            }
+            println!();
+        }
+        if a.vm.is_some() {
+            return Ok(crate::exit::OK);
+        }
         println!("snapshots        {:>12}  ({} VMs)", st.snapshots, st.vms);
         println!("logical size     {:>12}", human::bytes(st.logical_bytes));
         println!("allocated data   {:>12}", human::bytes(st.allocated_bytes));

@@ -6,6 +6,7 @@
 mod browse;
 mod cmd_backup;
 mod cmd_check;
+mod cmd_diff;
 mod cmd_dump;
 mod cmd_find;
 mod cmd_key;
@@ -77,8 +78,11 @@ pub enum Command {
     Restore(cmd_restore::RestoreArgs),
     /// Verify the repository's structure, and with --read-data every byte.
     Check(cmd_check::CheckArgs),
-    /// Show repository sizes, deduplication ratio, chunks and packs.
-    Stats,
+    /// Show repository sizes, deduplication ratio, chunks and packs; per VM: logical,
+    /// unique and shared stored bytes.
+    Stats(cmd_snapshots::StatsArgs),
+    /// Changed extents and bytes per disk between two snapshots.
+    Diff(cmd_diff::DiffArgs),
     /// List the disks, partitions and guest files of a snapshot.
     Ls(cmd_ls::LsArgs),
     /// Write one guest file of a snapshot to standard output.
@@ -202,7 +206,8 @@ fn main() {
         Command::Snapshots(a) => cmd_snapshots::run(&cli, a),
         Command::Restore(a) => cmd_restore::run(&cli, a),
         Command::Check(a) => cmd_check::run(&cli, a),
-        Command::Stats => cmd_snapshots::stats(&cli),
+        Command::Stats(a) => cmd_snapshots::stats(&cli, a),
+        Command::Diff(a) => cmd_diff::run(&cli, a),
         Command::Ls(a) => cmd_ls::run(&cli, a),
         Command::Dump(a) => cmd_dump::run(&cli, a),
         Command::Find(a) => cmd_find::run(&cli, a),

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod check;
 pub mod crypto;
+pub mod diff;
 pub mod disk_reader;
 pub mod error;
 pub mod forget;

@@ -506,3 +506,50 @@ fn check_read_data_subsets_cover_every_pack_once() {
         .count();
     assert_eq!(failing, 1);
 }
+
+#[test]
+fn diff_names_changed_extents_and_stats_splits_unique_from_shared() {
+    let v = Vault::init();
+    let a = v.path("a.img");
+    random_file(&a, 48 * MIB, 61);
+    let clone = v.path("clone.img");
+    std::fs::copy(&a, &clone).unwrap();
+    let s1 = v.backup("a", &[&a])["id"].as_str().unwrap().to_string();
+    let mut rng = Rng::new(62);
+    write_random(&a, 10 * MIB, 4096, &mut rng);
+    write_random(&a, 30 * MIB, 3 * MIB, &mut rng);
+    let s2 = v.backup("a", &[&a])["id"].as_str().unwrap().to_string();
+    v.backup("clone", &[&clone]);
+
+    let d = v.json(&["diff", &s1, &s2]);
+    let disk = &d["disks"][0];
+    assert_eq!(disk["status"], "changed", "{d}");
+    assert_eq!(disk["changed_extents"], 2, "{d}");
+    let changed = disk["changed_bytes"].as_u64().unwrap();
+    // Chunk granularity: at least what was written, at most a few chunks more.
+    assert!(
+        changed >= 3 * MIB + 4096 && changed < 3 * MIB + 4 * MIB,
+        "{d}"
+    );
+    for e in disk["extents"].as_array().unwrap() {
+        let (off, len) = (e[0].as_u64().unwrap(), e[1].as_u64().unwrap());
+        let hits_write =
+            (off..off + len).contains(&(10 * MIB)) || (off < 33 * MIB && off + len > 30 * MIB);
+        assert!(hits_write, "extent {off}+{len} covers no write");
+    }
+    let same = v.json(&["diff", &s2, &s2]);
+    assert_eq!(same["disks"][0]["status"], "same");
+
+    let st = v.json(&["stats"]);
+    let per: Vec<&serde_json::Value> = st["vms_detail"].as_array().unwrap().iter().collect();
+    let vm = |n: &str| *per.iter().find(|x| x["vm"] == n).unwrap();
+    // The clone shares everything with a's first version; a alone holds its changes.
+    assert_eq!(vm("clone")["unique_stored_bytes"], 0, "{st}");
+    let a_unique = vm("a")["unique_stored_bytes"].as_u64().unwrap();
+    assert!(a_unique >= 3 * MIB && a_unique < 8 * MIB, "{st}");
+    assert!(vm("a")["shared_stored_bytes"].as_u64().unwrap() > 40 * MIB);
+    let only = v.json(&["stats", "--vm", "clone"]);
+    assert_eq!(only["vms_detail"].as_array().unwrap().len(), 1);
+    v.run(&["stats", "--vm", "nope"])
+        .assert_fails(1, &["no snapshot of VM"]);
+}
