@@ -79,7 +79,7 @@ cp --sparse=always "$IMG" "$IMG_V1"
 
 CSV=$RESULTS/s3.csv
 mkdir -p "$RESULTS"
-echo "backend,step,wall_s,bytes,throughput_mib_s,put,get,list,delete,stored_bytes,chunks,server_cpu_s" >"$CSV"
+echo "backend,step,wall_s,bytes,throughput_mib_s,put,get,list,delete,stored_bytes,chunks,server_cpu_s,peak_rss_kib" >"$CSV"
 LAST_CHUNKS=0
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -92,7 +92,7 @@ step() {
     local t0 t1 out c0 c1
     c0=$(server_ticks)
     t0=$(date +%s.%N)
-    out=$(VMVAULT_CACHE_DIR=$cache "$VMVAULT_BIN" --json -r "$repo" "$@")
+    out=$(VMVAULT_CACHE_DIR=$cache /usr/bin/time -f %M -o "$WORK/rss" "$VMVAULT_BIN" --json -r "$repo" "$@")
     t1=$(date +%s.%N)
     c1=$(server_ticks)
     local wall bytes put get list del stored chunks
@@ -115,8 +115,8 @@ step() {
     rate=$(echo "$bytes / 1048576 / $wall" | bc -l)
     local server_cpu=0
     [[ $backend == s3 ]] && server_cpu=$(echo "($c1 - $c0) / $TICK" | bc -l)
-    printf '%s,%s,%.2f,%s,%.1f,%s,%s,%s,%s,%s,%s,%.2f\n' "$backend" "$name" "$wall" "$bytes" \
-        "$rate" "$put" "$get" "$list" "$del" "$stored" "$chunks" "$server_cpu" >>"$CSV"
+    printf '%s,%s,%.2f,%s,%.1f,%s,%s,%s,%s,%s,%s,%.2f,%s\n' "$backend" "$name" "$wall" "$bytes" \
+        "$rate" "$put" "$get" "$list" "$del" "$stored" "$chunks" "$server_cpu" "$(cat "$WORK/rss")" >>"$CSV"
     log "$backend $name: ${wall}s"
 }
 
@@ -152,11 +152,11 @@ MD=$RESULTS/s3.md
     echo "Image: $LOGICAL logical, $DATA_MIB MiB of real files (GPT, EFI FAT, ext4); then $CHANGED_PAGES random 4 KiB page writes."
     echo "Server: s3s-fs on 127.0.0.1, sharing the cores with vmvault."
     echo
-    echo "| repository | step | wall s | MiB/s | PUT | GET | LIST | DELETE | stored MiB | server CPU s |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    tail -n +2 "$CSV" | while IFS=, read -r b s w by r p g l d st ch sc; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s |\n' "$b" "$s" "$w" "$r" "$p" "$g" "$l" "$d" \
-            "$(echo "$st / 1048576" | bc -l)" "$sc"
+    echo "| repository | step | wall s | MiB/s | PUT | GET | LIST | DELETE | stored MiB | server CPU s | peak RSS MiB |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    tail -n +2 "$CSV" | while IFS=, read -r b s w by r p g l d st ch sc rss; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %.0f |\n' "$b" "$s" "$w" "$r" "$p" "$g" "$l" "$d" \
+            "$(echo "$st / 1048576" | bc -l)" "$sc" "$(echo "$rss / 1024" | bc -l)"
     done
     echo
     awk -F, '

@@ -393,19 +393,48 @@ pub fn restore_disk(
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
     let target = Target::open(path, root.disk_size, opts)?;
-    let (_, pool) = worker_pool(repo, opts)?;
+    let (threads, pool) = worker_pool(repo, opts)?;
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()
     };
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+    let run = |batches: &[Vec<Placed>]| -> Result<u64> {
+        let written: Result<Vec<u64>> = pool.install(|| {
+            batches
+                .par_iter()
+                .map(|b| {
+                    if cancelled() {
+                        return Err(RepoError::Interrupted);
+                    }
+                    restore_batch(repo, cache, b, progress, &mut |p, data| {
+                        target.write(p.offset, data)
+                    })
+                })
+                .collect()
+        });
+        Ok(written?.iter().sum::<u64>())
+    };
+    // Batches are gathered across manifest pages and run a window at a time, so that a
+    // page with few batches does not leave workers idle while its last reads complete
+    // (which matters when each read waits on a network).
+    let window = threads * 4;
+    let mut batches: Vec<Vec<Placed>> = vec![Vec::new()];
+    let mut batch_bytes = 0u64;
     for i in 0..root.pages.len() {
         let entries = load_page(repo, cache, &root, i)?;
-        let mut batches: Vec<Vec<Placed>> = vec![Vec::new()];
-        let mut batch_bytes = 0u64;
         for (offset, e) in entries {
             match e.kind {
                 EntryKind::Data(id) => {
                     if batch_bytes >= BATCH_BYTES {
+                        if batches.len() >= window {
+                            summary.data_bytes += run(&batches)?;
+                            batches.clear();
+                        }
                         batches.push(Vec::new());
                         batch_bytes = 0;
                     }
@@ -425,26 +454,8 @@ pub fn restore_disk(
                 }
             }
         }
-        let cancelled = || {
-            opts.cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed))
-        };
-        let written: Result<Vec<u64>> = pool.install(|| {
-            batches
-                .par_iter()
-                .map(|b| {
-                    if cancelled() {
-                        return Err(RepoError::Interrupted);
-                    }
-                    restore_batch(repo, cache, b, progress, &mut |p, data| {
-                        target.write(p.offset, data)
-                    })
-                })
-                .collect()
-        });
-        summary.data_bytes += written?.iter().sum::<u64>();
     }
+    summary.data_bytes += run(&batches)?;
     target.file.sync_all().map_err(|e| RepoError::Target {
         path: target.path.clone(),
         source: e,
