@@ -208,7 +208,10 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        self.kill();
+        // The shared server belongs to .ci/run, which stops it.
+        if !self.shared {
+            self.kill();
+        }
     }
 }
 
