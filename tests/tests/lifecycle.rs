@@ -106,6 +106,10 @@ fn forget_and_prune_reclaim_the_space_of_forgotten_snapshots() {
     fresh.backup("db", &[&db[0].1]);
     fresh.backup("db", &[&db[1].1]);
     let fresh_bytes = repo_bytes(&fresh);
+    eprintln!(
+        "before {before} bytes, after forget+prune {after}, fresh repository {fresh_bytes} ({:.3}x)",
+        after as f64 / fresh_bytes as f64
+    );
     assert!(
         (after as f64) < fresh_bytes as f64 * 1.06,
         "after prune {after} bytes, a fresh repository {fresh_bytes}"
