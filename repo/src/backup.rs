@@ -598,10 +598,13 @@ fn upload_loop(
     };
     let upload_one = |p: FinishedPack| -> Result<()> {
         let name = hex::encode(p.name);
-        repo.backend()
-            .put(FileKind::Pack, &name, &p.bytes)
+        let buffer = repo
+            .backend()
+            .put_owned(FileKind::Pack, &name, p.bytes)
             .map_err(|e| crate::repository::io_err(FileKind::Pack, &name, e))?;
-        let _ = spare.try_send(p.bytes);
+        if buffer.capacity() > 0 {
+            let _ = spare.try_send(buffer);
+        }
         let mut b = batch.lock().unwrap_or_else(|e| e.into_inner());
         b.packs_stored += 1;
         b.entries += p.index.entries.len();

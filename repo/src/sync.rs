@@ -427,12 +427,11 @@ fn copy_pack(
         .map_err(|e| io_err(FileKind::Pack, &name, e))?;
     let record = index_record(src.keys(), &name, &bytes)
         .map_err(|e| RepoError::Invalid(format!("in the source repository: {e}")))?;
+    let len = bytes.len() as u64;
     dst.backend()
-        .put(FileKind::Pack, &name, &bytes)
+        .put_owned(FileKind::Pack, &name, bytes)
         .map_err(|e| io_err(FileKind::Pack, &name, e))?;
-    progress
-        .done
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    progress.done.fetch_add(len, Ordering::Relaxed);
     progress.packs.fetch_add(1, Ordering::Relaxed);
     Ok(record)
 }

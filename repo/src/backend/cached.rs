@@ -85,6 +85,14 @@ impl Backend for CachedBackend {
         Ok(())
     }
 
+    fn put_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        if self.path(kind, name).is_some() {
+            self.put(kind, name, &data)?;
+            return Ok(data);
+        }
+        self.inner.put_owned(kind, name, data)
+    }
+
     fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>> {
         let Some(p) = self.path(kind, name) else {
             return self.inner.get(kind, name);

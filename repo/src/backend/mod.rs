@@ -81,6 +81,15 @@ pub trait Backend: Send + Sync {
     /// Stores an object atomically and durably (see the module contract).
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> io::Result<()>;
 
+    /// Like [`Backend::put`] for a buffer the caller gives up; returns a buffer (its
+    /// contents unspecified, possibly empty) that the caller may reuse. A remote backend
+    /// sends the buffer itself instead of a copy, which halves the memory of uploads in
+    /// flight.
+    fn put_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.put(kind, name, &data)?;
+        Ok(data)
+    }
+
     /// Reads a whole object.
     fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>>;
 

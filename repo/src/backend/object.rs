@@ -252,11 +252,12 @@ impl ObjectBackend {
         }
     }
 
-    fn put_once(&self, key: &StorePath, data: &[u8], create_only: bool) -> io::Result<()> {
+    fn put_once(&self, key: &StorePath, data: &bytes::Bytes, create_only: bool) -> io::Result<()> {
         if data.len() >= MULTIPART_THRESHOLD {
             return self.put_multipart(key, data);
         }
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        // A cheap clone: the payload shares the caller's buffer.
+        let payload = PutPayload::from(data.clone());
         let mode = if create_only && !self.no_conditional_put.load(Ordering::Relaxed) {
             PutMode::Create
         } else {
@@ -319,6 +320,37 @@ impl ObjectBackend {
                 }
             }
         })
+    }
+
+    /// Stores `data` under `kind`/`name` with the retry and create-only rules of the
+    /// module documentation.
+    fn put_bytes(&self, kind: FileKind, name: &str, data: &bytes::Bytes) -> io::Result<()> {
+        let key = self.key(kind, name)?;
+        let mut first_attempt = true;
+        let result = self.with_retries(|| {
+            let r = self.put_once(&key, data, true);
+            // After a retry, "already exists" may be our own earlier attempt.
+            let mine = !first_attempt;
+            first_attempt = false;
+            match r {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && mine => {
+                    if kind == FileKind::Config {
+                        match self.get_once(&key) {
+                            Ok(existing) if existing[..] == data[..] => Ok(()),
+                            _ => Err(e),
+                        }
+                    } else {
+                        Ok(())
+                    }
+                }
+                other => other,
+            }
+        });
+        match result {
+            // Content-addressed: the same name holds the same bytes.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && kind != FileKind::Config => Ok(()),
+            other => other,
+        }
     }
 
     fn get_once(&self, key: &StorePath) -> io::Result<Vec<u8>> {
@@ -414,32 +446,15 @@ impl Backend for ObjectBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> io::Result<()> {
-        let key = self.key(kind, name)?;
-        let mut first_attempt = true;
-        let result = self.with_retries(|| {
-            let r = self.put_once(&key, data, true);
-            // After a retry, "already exists" may be our own earlier attempt.
-            let mine = !first_attempt;
-            first_attempt = false;
-            match r {
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && mine => {
-                    if kind == FileKind::Config {
-                        match self.get_once(&key) {
-                            Ok(existing) if existing == data => Ok(()),
-                            _ => Err(e),
-                        }
-                    } else {
-                        Ok(())
-                    }
-                }
-                other => other,
-            }
-        });
-        match result {
-            // Content-addressed: the same name holds the same bytes.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && kind != FileKind::Config => Ok(()),
-            other => other,
-        }
+        self.put_bytes(kind, name, &bytes::Bytes::copy_from_slice(data))
+    }
+
+    fn put_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        let bytes = bytes::Bytes::from(data);
+        self.put_bytes(kind, name, &bytes)?;
+        // Once the upload is done nothing else holds the buffer, so it goes back to the
+        // caller for reuse (a fresh one if some clone were still alive).
+        Ok(bytes.try_into_mut().map(Vec::from).unwrap_or_default())
     }
 
     fn get(&self, kind: FileKind, name: &str) -> io::Result<Vec<u8>> {
