@@ -33,7 +33,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "vmvault", version, about, long_about = None)]
 pub struct Cli {
-    /// Repository location (a directory).
+    /// Repository location: a directory, file://PATH, s3://bucket/prefix, gs://… or az://….
     #[arg(short = 'r', long = "repo", env = "VMVAULT_REPOSITORY", global = true)]
     pub repo: Option<String>,
 
