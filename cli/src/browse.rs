@@ -95,22 +95,36 @@ pub struct Browser {
     views: RefCell<HashMap<String, Arc<SnapshotVolume>>>,
     layouts: RefCell<HashMap<String, Rc<Layout>>>,
     fss: RefCell<HashMap<(String, String), &'static dyn GuestFs>>,
+    /// The shared lock of a browser opened on its own (a mount holds one for all).
+    lock: Option<vmvault_repo::lock::LockGuard>,
 }
 
-/// Opens the repository and cache for a browsing command; they live until the process
-/// exits, as the volumes read through them must.
-pub fn open_repo(cli: &Cli) -> Result<(&'static Repository, &'static IndexCache)> {
+/// What a browsing command holds open: the repository and cache, which live until the
+/// process exits (as the volumes read through them must), and a shared lock, released
+/// when this is dropped, so that no prune deletes packs under the reads.
+pub type OpenRepo = (
+    &'static Repository,
+    &'static IndexCache,
+    vmvault_repo::lock::LockGuard,
+);
+
+/// Opens the repository and cache for a browsing command `operation`, under a shared
+/// lock.
+pub fn open_repo(cli: &Cli, operation: &str) -> Result<OpenRepo> {
     let repo: &'static Repository = Box::leak(Box::new(context::open(cli)?));
+    let lock = context::lock(cli, repo, operation, false)?;
     let cache: &'static IndexCache = Box::leak(Box::new(context::cache(cli, repo)?));
-    Ok((repo, cache))
+    Ok((repo, cache, lock))
 }
 
 impl Browser {
     /// Opens snapshot `spec` (an id prefix, or `latest` with an optional VM).
     pub fn open(cli: &Cli, spec: &str, vm: Option<&str>) -> Result<Browser> {
-        let (repo, cache) = open_repo(cli)?;
+        let (repo, cache, lock) = open_repo(cli, "browse")?;
         let (id, snap) = repo.resolve_snapshot(spec, vm).map_err(|e| anyhow!(e))?;
-        Ok(Browser::new(repo, cache, id, snap))
+        let mut b = Browser::new(repo, cache, id, snap);
+        b.lock = Some(lock);
+        Ok(b)
     }
 
     /// A browser of snapshot `snap` (named `id`).
@@ -128,6 +142,7 @@ impl Browser {
             views: RefCell::default(),
             layouts: RefCell::default(),
             fss: RefCell::default(),
+            lock: None,
         }
     }
 

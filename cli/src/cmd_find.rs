@@ -27,7 +27,7 @@ pub fn run(cli: &Cli, a: &FindArgs) -> Result<i32> {
     let newer = a.newer.as_deref().map(parse_date).transpose()?;
     let pattern: Vec<char> = a.pattern.chars().collect();
     let whole_path = a.pattern.contains('/');
-    let (repo, cache) = open_repo(cli)?;
+    let (repo, cache, _lock) = open_repo(cli, "find")?;
     let (snaps, problems) = repo.list_snapshots().map_err(|e| anyhow!(e))?;
     for p in problems {
         eprintln!("vmvault: warning: {p}");

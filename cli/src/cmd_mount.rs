@@ -634,7 +634,7 @@ pub fn run(cli: &Cli, a: &MountArgs) -> Result<i32> {
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", a.mountpoint.display());
     }
-    let (repo, cache) = open_repo(cli)?;
+    let (repo, cache, _lock) = open_repo(cli, "mount")?;
     let (all, problems) = repo.list_snapshots().map_err(|e| anyhow::anyhow!(e))?;
     for p in problems {
         eprintln!("vmvault: warning: {p}");

@@ -328,6 +328,11 @@ fn unlock_removes_only_stale_locks_and_retry_lock_waits() {
     let guard = vmvault_repo::lock::lock(&repo, "prune", true).unwrap();
     v.run(&["backup", "--vm", "u", img.to_str().unwrap()])
         .assert_fails(exit::LOCKED, &["exclusive lock held by prune"]);
+    // Browsing reads packs too, so it waits for prune like a restore.
+    v.run(&["ls", "latest", "u"])
+        .assert_fails(exit::LOCKED, &["exclusive lock held by prune"]);
+    v.run(&["find", "*"])
+        .assert_fails(exit::LOCKED, &["exclusive lock held by prune"]);
     let waiter = {
         let mut c = v.cmd();
         c.args(["--retry-lock", "1m", "-q", "backup", "--vm", "u"])
