@@ -111,6 +111,7 @@ pub fn backup_image(
         catalogs: Vec::new(),
         threads,
         cancel: None,
+        commit_check: None,
     };
     backup(repo, cache, req, &Progress::default()).expect("backup")
 }

@@ -282,7 +282,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     validate(a)?;
     let (inputs, configs, catalogs) = open_inputs(a)?;
     let repo = context::open(cli)?;
-    let _lock = crate::context::lock(cli, &repo, "backup", false)?;
+    let lock = crate::context::lock(cli, &repo, "backup", false)?;
     let cache = context::cache(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
@@ -312,6 +312,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         catalogs,
         threads: a.threads,
         cancel: Some(crate::cancel_flag().clone()),
+        commit_check: Some(lock.health()),
     };
     let result = backup(&repo, &cache, req, &progress);
     drop(ticker);

@@ -128,6 +128,9 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<i32> {
     };
     let groups = judge(&snaps, &policy, &sel);
     let mut removed = Vec::new();
+    if let Some(l) = &lock {
+        l.health().check().map_err(|e| anyhow!(e))?;
+    }
     if !a.dry_run {
         for v in groups.iter().flat_map(|g| &g.snapshots).filter(|v| !v.keep) {
             repo.backend()
@@ -139,7 +142,8 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<i32> {
     let mut pruned = None;
     if a.prune && !a.dry_run {
         let cache = context::cache(cli, &repo)?;
-        pruned = Some(run_prune(cli, &repo, &cache, a.max_unused, false)?);
+        let health = lock.as_ref().map(|l| l.health());
+        pruned = Some(run_prune(cli, &repo, &cache, a.max_unused, false, health)?);
     }
     drop(lock);
     if cli.json {
@@ -170,11 +174,13 @@ fn run_prune(
     cache: &vmvault_repo::cache::IndexCache,
     max_unused: f64,
     dry_run: bool,
+    lock: Option<vmvault_repo::lock::LockHealth>,
 ) -> Result<PruneReport> {
     let opts = PruneOptions {
         max_unused_percent: max_unused,
         dry_run,
         cancel: Some(crate::cancel_flag().clone()),
+        lock,
     };
     let progress = std::sync::Arc::new(PruneProgress::default());
     let p = progress.clone();
@@ -225,9 +231,16 @@ fn print_prune(r: &PruneReport) {
 pub fn run(cli: &Cli, a: &PruneArgs) -> Result<i32> {
     validate_percent(a.max_unused)?;
     let repo = context::open(cli)?;
-    let _lock = context::lock(cli, &repo, "prune", !a.dry_run)?;
+    let lock = context::lock(cli, &repo, "prune", !a.dry_run)?;
     let cache = context::cache(cli, &repo)?;
-    let r = run_prune(cli, &repo, &cache, a.max_unused, a.dry_run)?;
+    let r = run_prune(
+        cli,
+        &repo,
+        &cache,
+        a.max_unused,
+        a.dry_run,
+        Some(lock.health()),
+    )?;
     if cli.json {
         let mut v = serde_json::to_value(&r)?;
         v["requests"] = serde_json::to_value(repo.backend().counters().snapshot())?;

@@ -48,7 +48,14 @@ pub fn run(cli: &Cli, a: &RepairArgs) -> Result<i32> {
         }
         RepairWhat::Snapshots { dry_run } => {
             let _lock = context::lock(cli, &repo, "repair snapshots", !dry_run)?;
-            let cache = context::cache(cli, &repo)?;
+            // The repair judges chunks by the index: it must be whole.
+            let (cache, warnings) =
+                vmvault_repo::cache::IndexCache::open(context::cache_root(cli).as_deref(), &repo)
+                    .map_err(|e| anyhow!(e))
+                    .context("cannot open the local cache")?;
+            if let Some(w) = warnings.first() {
+                anyhow::bail!("an index file could not be read ({w}); run `vmvault repair index` first, so that no chunk is taken for lost because its index entry was unreadable");
+            }
             let r = vmvault_repo::repair::repair_snapshots(&repo, &cache, *dry_run)
                 .map_err(|e| anyhow!(e))
                 .context("repair snapshots failed")?;
@@ -76,7 +83,9 @@ pub fn run(cli: &Cli, a: &RepairArgs) -> Result<i32> {
                         match &s.new_id {
                             Some(n) => format!(", now {} (tagged repaired)", &n[..12]),
                             None if *dry_run => String::new(),
-                            None => ", nothing left: removed".to_string(),
+                            None =>
+                                ", nothing readable left: kept as it was (remove it with forget)"
+                                    .to_string(),
                         }
                     );
                     for d in &s.dropped {

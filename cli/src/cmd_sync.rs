@@ -50,8 +50,8 @@ pub fn run(cli: &Cli, a: &SyncArgs) -> Result<i32> {
     let dst_location = dst_backend.location();
     let dst = vmvault_repo::Repository::open(dst_backend, &dst_pw)
         .with_context(|| format!("cannot open destination repository {dst_location}"))?;
-    let _src_lock = crate::context::lock(cli, &src, "sync (source)", false)?;
-    let _dst_lock = crate::context::lock(cli, &dst, "sync (destination)", false)
+    let src_lock = crate::context::lock(cli, &src, "sync (source)", false)?;
+    let dst_lock = crate::context::lock(cli, &dst, "sync (destination)", false)
         .with_context(|| format!("destination {dst_location}"))?;
     let src_cache = context::cache(cli, &src)?;
     let dst_cache = context::cache(cli, &dst)?;
@@ -59,6 +59,7 @@ pub fn run(cli: &Cli, a: &SyncArgs) -> Result<i32> {
         vm: a.vm.clone(),
         snapshots: a.snapshots.clone(),
         cancel: Some(crate::cancel_flag().clone()),
+        locks: vec![src_lock.health(), dst_lock.health()],
     };
     let plan = sync::plan(&src, &src_cache, &dst, &dst_cache, &opts)
         .map_err(|e| anyhow!(e))

@@ -46,6 +46,7 @@ fn backup_once(repo: &Repository, cache: &IndexCache, disk: &Path) -> Result<Bac
         catalogs: Vec::new(),
         threads: 0,
         cancel: Some(crate::cancel_flag().clone()),
+        commit_check: None,
     };
     Ok(backup(repo, cache, req, &Progress::default())?)
 }

@@ -89,6 +89,10 @@ pub struct BackupRequest {
     pub threads: usize,
     /// Set from outside (a signal handler) to stop the backup; nothing is committed.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Checked just before the snapshot is written: the backup's lock must still hold
+    /// (a lock not refreshed for long may have been judged stale, and a prune may have
+    /// deleted data this backup relies on).
+    pub commit_check: Option<crate::lock::LockHealth>,
 }
 
 /// The result of a successful backup.
@@ -853,6 +857,9 @@ pub fn backup(
         configs,
         catalogs,
     };
+    if let Some(h) = &req.commit_check {
+        h.check()?;
+    }
     let name = repo.put_snapshot(&snapshot)?;
     let p = progress;
     Ok(BackupSummary {

@@ -15,7 +15,6 @@ use crate::error::{RepoError, Result};
 use crate::format::lock::LockInfo;
 use crate::format::sealed::KIND_LOCK;
 use crate::repository::{hostname, io_err, now_rfc3339, object_name, Repository};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -166,14 +165,42 @@ pub struct LockGuard {
     name: Arc<Mutex<String>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     refresher: Option<std::thread::JoinHandle<()>>,
-    lost: Arc<AtomicBool>,
+    health: LockHealth,
+}
+
+/// Whether a held lock still protects its holder: a cheap handle to check before a
+/// commit point (writing a snapshot, deleting packs).
+#[derive(Clone, Debug)]
+pub struct LockHealth {
+    /// Wall-clock time of the last successful write of the lock (wall clock, so a
+    /// suspended machine sees the time it was away).
+    refreshed: Arc<Mutex<SystemTime>>,
+}
+
+/// A lock older than this at a commit point may already look stale to others.
+const SAFE_AGE: Duration = Duration::from_secs(25 * 60);
+
+impl LockHealth {
+    /// Fails when the lock was last written so long ago that another process may have
+    /// judged it stale (the store was unreachable, or this machine was suspended): the
+    /// caller must not commit, as a prune may have run meanwhile.
+    pub fn check(&self) -> Result<()> {
+        let at = *self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+        if age > SAFE_AGE {
+            return Err(RepoError::Locked(format!(
+                "this process's lock was last refreshed {} ago, so others may have treated it as stale; stopping before committing anything",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl LockGuard {
-    /// True if refreshing the lock failed (the store was unreachable for a long time):
-    /// others may then consider it stale.
-    pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+    /// A handle to check, before a commit point, that the lock still holds.
+    pub fn health(&self) -> LockHealth {
+        self.health.clone()
     }
 }
 
@@ -226,39 +253,45 @@ fn start_guard(repo: &Repository, name: String, operation: &str, exclusive: bool
     let keys = repo.keys().clone();
     let name = Arc::new(Mutex::new(name));
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let lost = Arc::new(AtomicBool::new(false));
-    let (b, n, s, l) = (backend.clone(), name.clone(), stop.clone(), lost.clone());
+    let health = LockHealth {
+        refreshed: Arc::new(Mutex::new(SystemTime::now())),
+    };
+    let (b, n, s, h) = (backend.clone(), name.clone(), stop.clone(), health.clone());
     let operation = operation.to_string();
     let refresher = std::thread::Builder::new()
         .name("vmvault-lock".into())
         .spawn(move || {
             let (flag, cvar) = &*s;
-            let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+            let mut wait = REFRESH_INTERVAL;
             loop {
-                // Checked before every wait: the guard may be dropped before this thread
-                // first waits, and a notification nobody waits for is lost.
-                if *stopped {
-                    return;
-                }
-                let (guard, timeout) = cvar
-                    .wait_timeout(stopped, REFRESH_INTERVAL)
-                    .unwrap_or_else(|e| e.into_inner());
-                stopped = guard;
-                if *stopped {
-                    return;
-                }
-                if !timeout.timed_out() {
-                    continue;
+                {
+                    let stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+                    // Checked before every wait: the guard may be dropped before this
+                    // thread first waits, and a notification nobody waits for is lost.
+                    if *stopped {
+                        return;
+                    }
+                    let (stopped, _) = cvar
+                        .wait_timeout(stopped, wait)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        return;
+                    }
+                    // The flag's lock is released here, before the network I/O below,
+                    // so that dropping the guard never waits on a slow store.
                 }
                 match write_lock(b.as_ref(), &keys, &operation, exclusive) {
                     Ok(new) => {
+                        *h.refreshed.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
                         let old = std::mem::replace(
                             &mut *n.lock().unwrap_or_else(|e| e.into_inner()),
                             new,
                         );
                         let _ = b.remove(FileKind::Lock, &old);
+                        wait = REFRESH_INTERVAL;
                     }
-                    Err(_) => l.store(true, Ordering::Relaxed),
+                    // Try again soon: others judge staleness by the lock's time.
+                    Err(_) => wait = Duration::from_secs(30),
                 }
             }
         })
@@ -268,7 +301,7 @@ fn start_guard(repo: &Repository, name: String, operation: &str, exclusive: bool
         name,
         stop,
         refresher,
-        lost,
+        health,
     }
 }
 

@@ -45,6 +45,8 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Set from another thread to stop before the first deletion.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The exclusive lock, checked before the first deletion.
+    pub lock: Option<crate::lock::LockHealth>,
 }
 
 impl Default for PruneOptions {
@@ -53,6 +55,7 @@ impl Default for PruneOptions {
             max_unused_percent: 5.0,
             dry_run: false,
             cancel: None,
+            lock: None,
         }
     }
 }
@@ -383,6 +386,17 @@ pub fn prune(
             .collect();
         used.sort_by_key(|e| e.offset);
         used.dedup_by_key(|e| e.offset);
+        let marked: u32 = m.used.iter().map(|w| w.count_ones()).sum();
+        if used.len() != marked as usize {
+            return Err(RepoError::corrupt(
+                FileKind::Pack,
+                &name,
+                format!(
+                    "its header lists {} of the {marked} blobs the index says are in use; nothing was deleted",
+                    used.len()
+                ),
+            ));
+        }
         let cipher = repo.keys().pack_cipher(&record.salt);
         let mut i = 0;
         while i < used.len() {
@@ -464,7 +478,11 @@ pub fn prune(
     flush_index(&mut batch, &mut entries)?;
     report.index_files_written = written_index.len() as u64;
 
-    // Old index files go, then the packs nothing lists any more.
+    // Old index files go, then the packs nothing lists any more: only while the lock
+    // still holds.
+    if let Some(h) = &opts.lock {
+        h.check()?;
+    }
     let keep_index: HashSet<&String> = written_index.iter().collect();
     for (name, _) in &index_files {
         if keep_index.contains(name) {

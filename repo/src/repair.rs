@@ -54,6 +54,8 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     let next = AtomicUsize::new(0);
     let records: Mutex<Vec<IndexPack>> = Mutex::new(Vec::new());
     let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let damaged_ids: Mutex<HashSet<[u8; 32]>> = Mutex::new(HashSet::new());
+    let failure: Mutex<Option<RepoError>> = Mutex::new(None);
     let workers = repo.backend().read_concurrency().clamp(2, HEADER_READS);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -64,15 +66,52 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
                 };
                 match read_index_record(repo.keys(), repo.backend().as_ref(), name, *size) {
                     Ok(r) => records.lock().unwrap_or_else(|e| e.into_inner()).push(r),
-                    Err(e) => damaged
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{name}: {e}")),
+                    // A header that does not decode or authenticate is damage; anything
+                    // else (a network error) stops the repair before it deletes anything.
+                    Err(e @ RepoError::Corrupt { .. }) => {
+                        let mut id = [0u8; 32];
+                        if hex::decode_to_slice(name, &mut id).is_ok() {
+                            damaged_ids
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(id);
+                        }
+                        damaged
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("{name}: {e}"));
+                    }
+                    Err(e) => {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
                 }
             });
         }
     });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
     let mut records = records.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Packs whose header is damaged keep what the old index said about them: it may be
+    // the only way left to find their blobs.
+    let damaged_ids = damaged_ids.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !damaged_ids.is_empty() {
+        let mut carried = HashSet::new();
+        for (name, _) in &old_index {
+            let plain = repo.get_sealed(FileKind::Index, KIND_INDEX, name)?;
+            let packs = crate::format::index::decode_index(&plain)
+                .map_err(|e| RepoError::corrupt(FileKind::Index, name, e.0))?;
+            for p in packs {
+                if damaged_ids.contains(&p.name) && carried.insert(p.name) {
+                    records.push(p);
+                }
+            }
+        }
+    }
     records.sort_by_key(|r| r.name);
     let mut report = IndexRepair {
         packs_indexed: records.len() as u64,
@@ -125,7 +164,8 @@ pub struct LostRange {
 pub struct SnapshotRepair {
     /// The damaged snapshot's id (now removed).
     pub old_id: String,
-    /// The repaired snapshot's id (tagged `repaired`), unless nothing could be saved.
+    /// The repaired snapshot's id (tagged `repaired`); `None` in a dry run, or when
+    /// nothing readable is left, in which case the damaged snapshot is kept as it was.
     pub new_id: Option<String>,
     /// VM.
     pub vm: String,
@@ -247,6 +287,13 @@ impl TreeWriter<'_> {
     }
 }
 
+/// Whether an error means the data is gone (missing or damaged), as opposed to a failure
+/// to reach it (network, local cache), which must stop a repair rather than be taken for
+/// loss.
+fn is_definite_loss(e: &RepoError) -> bool {
+    matches!(e, RepoError::NotFound { .. } | RepoError::Corrupt { .. })
+}
+
 /// A disk's manifest with unreadable ranges replaced by holes, or `None` when its root
 /// is gone. Returns the new manifest id (equal to the old one when nothing was lost).
 fn repair_disk(
@@ -264,7 +311,8 @@ fn repair_disk(
     }
     let root = match load_root(repo, cache, disk) {
         Ok(r) => r,
-        Err(_) => return Ok(None),
+        Err(e) if is_definite_loss(&e) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mut new_pages = Vec::with_capacity(root.pages.len());
     let mut changed = false;
@@ -272,7 +320,11 @@ fn repair_disk(
         let page_start = i as u64 * root.page_size;
         let page_len = root.page_len(i);
         let entries = if avail.has(&root.pages[i])? {
-            load_page(repo, cache, &root, i).ok()
+            match load_page(repo, cache, &root, i) {
+                Ok(e) => Some(e),
+                Err(e) if is_definite_loss(&e) => None,
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -466,12 +518,14 @@ pub fn repair_snapshots(
         // go: a crash leaves at worst both versions.
         trees.commit(cache)?;
         for (old, new, mut entry) in pending {
+            // A snapshot with nothing readable left is kept as it was: removing it is
+            // the user's decision (`forget`), not a repair's.
             if !new.disks.is_empty() || !new.configs.is_empty() {
                 entry.new_id = Some(repo.put_snapshot(&new)?);
+                repo.backend()
+                    .remove(FileKind::Snapshot, &old)
+                    .map_err(|e| io_err(FileKind::Snapshot, &old, e))?;
             }
-            repo.backend()
-                .remove(FileKind::Snapshot, &old)
-                .map_err(|e| io_err(FileKind::Snapshot, &old, e))?;
             report.repaired.push(entry);
         }
     } else {

@@ -41,6 +41,8 @@ pub struct SyncOptions {
     pub snapshots: Vec<String>,
     /// Set from another thread to stop between packs.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The locks on both repositories, checked before snapshots are copied.
+    pub locks: Vec<crate::lock::LockHealth>,
 }
 
 /// What a sync will do, worked out before anything is copied.
@@ -379,6 +381,9 @@ pub fn run(
         return Err(e);
     }
     flushed?;
+    for h in &opts.locks {
+        h.check()?;
+    }
     let mut copied = Vec::new();
     for name in &plan.snapshots {
         if cancelled() {

@@ -137,6 +137,7 @@ fn run_backup(
         catalogs: Vec::new(),
         threads,
         cancel: None,
+        commit_check: None,
     };
     backup(repo, cache, req, &Progress::default()).map(|s| s.snapshot)
 }

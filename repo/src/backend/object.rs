@@ -33,6 +33,9 @@ pub const PART_SIZE: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 /// Attempts of one whole call (each of which `object_store` retries internally too).
 const ATTEMPTS: u32 = 5;
+/// Time allowed for one request, body included: a 16 MiB pack must get through a slow
+/// uplink (the client's default of 30 s needs ~18 Mbit/s with 4 uploads in flight).
+const REQUEST_TIMEOUT: &str = "600s";
 /// Objects a backup keeps in flight to a remote store.
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// Ranged reads a restore keeps in flight from a remote store.
@@ -140,6 +143,12 @@ impl ObjectBackend {
             ObjectStoreScheme::AmazonS3 => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url.as_str())
+                    .with_config(
+                        object_store::aws::AmazonS3ConfigKey::Client(
+                            object_store::ClientConfigKey::Timeout,
+                        ),
+                        REQUEST_TIMEOUT,
+                    )
                     .with_retry(retry_config())
                     .build()
                     .map_err(config_err)?,
@@ -147,6 +156,12 @@ impl ObjectBackend {
             ObjectStoreScheme::GoogleCloudStorage => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url.as_str())
+                    .with_config(
+                        object_store::gcp::GoogleConfigKey::Client(
+                            object_store::ClientConfigKey::Timeout,
+                        ),
+                        REQUEST_TIMEOUT,
+                    )
                     .with_retry(retry_config())
                     .build()
                     .map_err(config_err)?,
@@ -154,6 +169,12 @@ impl ObjectBackend {
             ObjectStoreScheme::MicrosoftAzure => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url.as_str())
+                    .with_config(
+                        object_store::azure::AzureConfigKey::Client(
+                            object_store::ClientConfigKey::Timeout,
+                        ),
+                        REQUEST_TIMEOUT,
+                    )
                     .with_retry(retry_config())
                     .build()
                     .map_err(config_err)?,
@@ -230,6 +251,9 @@ impl ObjectBackend {
             | object_store::Error::Precondition { .. } => ErrorKind::AlreadyExists,
             object_store::Error::NotImplemented { .. }
             | object_store::Error::NotSupported { .. } => ErrorKind::Unsupported,
+            // Not worth retrying: the answer will not change.
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => ErrorKind::PermissionDenied,
             _ => ErrorKind::Other,
         };
         io::Error::new(kind, redact(&error_chain(&e), &self.secrets))
