@@ -649,13 +649,18 @@ fn upload_loop(
             })
             .collect()
     });
+    let mut b = batch.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Packs already stored are indexed even when another upload failed, so the next
+    // backup reuses them instead of sending them again.
+    let flushed = if b.packs.is_empty() {
+        Ok(())
+    } else {
+        flush(&mut b)
+    };
     for r in results {
         r?;
     }
-    let mut b = batch.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !b.packs.is_empty() {
-        flush(&mut b)?;
-    }
+    flushed?;
     Ok((b.packs_stored, b.index_files))
 }
 

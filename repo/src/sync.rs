@@ -326,17 +326,25 @@ pub fn run(
     });
     let add_record =
         |r: IndexPack| -> Result<()> { index.lock().unwrap_or_else(|e| e.into_inner()).add(r) };
-    for &(pack, size) in &plan.index_only {
-        if cancelled() {
-            return Err(RepoError::Interrupted);
+    let indexed_only = (|| -> Result<()> {
+        for &(pack, size) in &plan.index_only {
+            if cancelled() {
+                return Err(RepoError::Interrupted);
+            }
+            let name = hex::encode(pack);
+            add_record(read_index_record(
+                dst.keys(),
+                dst.backend().as_ref(),
+                &name,
+                size,
+            )?)?;
         }
-        let name = hex::encode(pack);
-        add_record(read_index_record(
-            dst.keys(),
-            dst.backend().as_ref(),
-            &name,
-            size,
-        )?)?;
+        Ok(())
+    })();
+    if let Err(e) = indexed_only {
+        // What was indexed so far is written, as after any failure.
+        let _ = index.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        return Err(e);
     }
     // Each worker holds one pack in memory at a time.
     let workers = dst
