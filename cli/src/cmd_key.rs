@@ -1,7 +1,7 @@
 //! `vmvault key list|add|remove|passwd`: the passwords that open the repository.
 
 use crate::{context, Cli};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vmvault_repo::format::keyfile::KdfParams;
@@ -33,33 +33,12 @@ pub enum KeyAction {
 }
 
 fn new_password(a: &KeyArgs) -> Result<Vec<u8>> {
-    if let Some(f) = &a.new_password_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read password file {}", f.display()))?;
-        let line = text.lines().next().unwrap_or("");
-        if line.is_empty() {
-            bail!("password file {} is empty", f.display());
-        }
-        return Ok(line.as_bytes().to_vec());
-    }
-    if let Ok(p) = std::env::var("VMVAULT_NEW_PASSWORD") {
-        if p.is_empty() {
-            bail!("VMVAULT_NEW_PASSWORD is set but empty");
-        }
-        return Ok(p.into_bytes());
-    }
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        bail!("no new password given: use --new-password-file, VMVAULT_NEW_PASSWORD_FILE or VMVAULT_NEW_PASSWORD");
-    }
-    let p = rpassword::prompt_password("new password: ")?;
-    if p.is_empty() {
-        bail!("empty password");
-    }
-    if rpassword::prompt_password("repeat new password: ")? != p {
-        bail!("passwords do not match");
-    }
-    Ok(p.into_bytes())
+    context::new_password(
+        a.new_password_file.as_deref(),
+        "VMVAULT_NEW_PASSWORD",
+        "new password",
+        "--new-password-file, VMVAULT_NEW_PASSWORD_FILE or VMVAULT_NEW_PASSWORD",
+    )
 }
 
 /// Runs `vmvault key ...`.

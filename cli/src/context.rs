@@ -37,45 +37,9 @@ pub fn open_backend(location: &str, cache: Option<&std::path::Path>) -> Result<A
     })
 }
 
-/// The password from --password-file, VMVAULT_PASSWORD or the terminal.
-pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
-    if let Some(f) = &cli.password_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read password file {}", f.display()))?;
-        let line = text.lines().next().unwrap_or("");
-        if line.is_empty() {
-            bail!("password file {} is empty", f.display());
-        }
-        return Ok(line.as_bytes().to_vec());
-    }
-    if let Ok(p) = std::env::var("VMVAULT_PASSWORD") {
-        if p.is_empty() {
-            bail!("VMVAULT_PASSWORD is set but empty");
-        }
-        return Ok(p.into_bytes());
-    }
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        bail!("no password given: use --password-file, VMVAULT_PASSWORD_FILE or VMVAULT_PASSWORD");
-    }
-    let p = rpassword::prompt_password("repository password: ")?;
-    if p.is_empty() {
-        bail!("empty password");
-    }
-    if confirm && rpassword::prompt_password("repeat password: ")? != p {
-        bail!("passwords do not match");
-    }
-    Ok(p.into_bytes())
-}
-
-/// A second repository's password: from `file`, then `$<env_prefix>` and
-/// `$<env_prefix>_FILE`... (the file is given by clap from its own env var), else
-/// `fallback` (the main repository's password).
-pub fn other_password(
-    file: Option<&std::path::Path>,
-    env_var: &str,
-    fallback: Vec<u8>,
-) -> Result<Vec<u8>> {
+/// A password given without a terminal: the first line of `file`, else `$env_var`.
+/// `None` when neither is given; an empty one is an error.
+fn given_password(file: Option<&std::path::Path>, env_var: &str) -> Result<Option<Vec<u8>>> {
     if let Some(f) = file {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read password file {}", f.display()))?;
@@ -83,15 +47,68 @@ pub fn other_password(
         if line.is_empty() {
             bail!("password file {} is empty", f.display());
         }
-        return Ok(line.as_bytes().to_vec());
+        return Ok(Some(line.as_bytes().to_vec()));
     }
     if let Ok(p) = std::env::var(env_var) {
         if p.is_empty() {
             bail!("{env_var} is set but empty");
         }
-        return Ok(p.into_bytes());
+        return Ok(Some(p.into_bytes()));
     }
-    Ok(fallback)
+    Ok(None)
+}
+
+/// A password typed at the terminal (twice when `confirm`); `how` says how to give one
+/// when there is no terminal.
+pub fn prompt_password(prompt: &str, confirm: bool, how: &str) -> Result<Vec<u8>> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("no {prompt} given: use {how}");
+    }
+    let p = rpassword::prompt_password(format!("{prompt}: "))?;
+    if p.is_empty() {
+        bail!("empty password");
+    }
+    if confirm && rpassword::prompt_password(format!("repeat {prompt}: "))? != p {
+        bail!("passwords do not match");
+    }
+    Ok(p.into_bytes())
+}
+
+/// The password from --password-file, VMVAULT_PASSWORD or the terminal.
+pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
+    match given_password(cli.password_file.as_deref(), "VMVAULT_PASSWORD")? {
+        Some(p) => Ok(p),
+        None => prompt_password(
+            "repository password",
+            confirm,
+            "--password-file, VMVAULT_PASSWORD_FILE or VMVAULT_PASSWORD",
+        ),
+    }
+}
+
+/// A second password: from `file`, then `$env_var`, else the terminal's answer to
+/// `prompt` (`how` says how to give one without a terminal).
+pub fn new_password(
+    file: Option<&std::path::Path>,
+    env_var: &str,
+    prompt: &str,
+    how: &str,
+) -> Result<Vec<u8>> {
+    match given_password(file, env_var)? {
+        Some(p) => Ok(p),
+        None => prompt_password(prompt, true, how),
+    }
+}
+
+/// A second repository's password: from `file`, then `$env_var` (the file is given by
+/// clap from its own env var), else `fallback` (the main repository's password).
+pub fn other_password(
+    file: Option<&std::path::Path>,
+    env_var: &str,
+    fallback: Vec<u8>,
+) -> Result<Vec<u8>> {
+    Ok(given_password(file, env_var)?.unwrap_or(fallback))
 }
 
 /// Opens the repository named by the global options.

@@ -23,6 +23,7 @@ pub mod repository;
 pub mod restore;
 pub mod stats;
 pub mod sync;
+pub mod walk;
 
 pub use error::{RepoError, Result};
 pub use repository::Repository;

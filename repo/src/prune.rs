@@ -17,13 +17,12 @@ use crate::backend::FileKind;
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
 use crate::format::index::{decode_index, encode_index, IndexPack};
-use crate::format::manifest::EntryKind;
 use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
 use crate::format::sealed::KIND_INDEX;
 use crate::pack_header::read_index_record;
 use crate::pack_writer::PackWriter;
 use crate::repository::{io_err, Repository};
-use crate::restore::{load_page, load_root, parse_id};
+use crate::walk::for_each_chunk;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -267,28 +266,7 @@ pub fn prune(
                 )))
             }
         };
-        let disks = snap
-            .disks
-            .iter()
-            .cloned()
-            .chain(snap.configs.iter().map(|c| c.as_disk()))
-            .chain(snap.catalogs.iter().filter_map(|c| c.as_disk()));
-        for disk in disks {
-            mark(&parse_id(&disk.manifest)?)?;
-            let root = load_root(repo, cache, &disk)?;
-            for i in 0..root.pages.len() {
-                let page = root.pages[i];
-                if !visited_pages.insert(page) {
-                    continue;
-                }
-                mark(&page)?;
-                for (_, e) in load_page(repo, cache, &root, i)? {
-                    if let EntryKind::Data(id) = e.kind {
-                        mark(&id)?;
-                    }
-                }
-            }
-        }
+        for_each_chunk(repo, cache, snap, &mut visited_pages, &mut |id| mark(&id))?;
         progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
     }
     drop(visited_pages);

@@ -90,8 +90,6 @@ pub struct VmStats {
 /// Per-VM figures (all VMs, or only `only`), by walking every snapshot's manifests.
 /// Memory: for each indexed chunk 8 bytes plus one bit per VM.
 pub fn vm_stats(repo: &Repository, cache: &IndexCache, only: Option<&str>) -> Result<Vec<VmStats>> {
-    use crate::format::manifest::EntryKind;
-    use crate::restore::{load_page, load_root, parse_id};
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     let (snaps, _) = repo.list_snapshots()?;
@@ -137,14 +135,14 @@ pub fn vm_stats(repo: &Repository, cache: &IndexCache, only: Option<&str>) -> Re
     let mut bits: Vec<Vec<u64>> = vec![vec![0u64; words]; vms.len()];
     let mut logical: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     // Manifest pages already walked for a VM (unchanged pages repeat across snapshots).
-    let mut visited: HashSet<(usize, vmvault_chunker::ChunkId)> = HashSet::new();
+    let mut visited: HashMap<usize, HashSet<vmvault_chunker::ChunkId>> = HashMap::new();
     for (_, snap) in &snaps {
         let vi = vm_index[snap.vm.as_str()];
         let e = logical.entry(snap.vm.as_str()).or_default();
         e.0 += 1;
         e.1 += snap.disks.iter().map(|d| d.size).sum::<u64>();
-        let mut mark = |id: &vmvault_chunker::ChunkId| -> Result<()> {
-            if let Some(loc) = cache.lookup(id)? {
+        let mut mark = |id: vmvault_chunker::ChunkId| -> Result<()> {
+            if let Some(loc) = cache.lookup(&id)? {
                 if let Some((base, offs)) = packs.get(&loc.pack) {
                     if let Ok(o) = u32::try_from(loc.entry.offset) {
                         if let Ok(k) = offs.binary_search(&o) {
@@ -156,27 +154,8 @@ pub fn vm_stats(repo: &Repository, cache: &IndexCache, only: Option<&str>) -> Re
             }
             Ok(())
         };
-        let disks = snap
-            .disks
-            .iter()
-            .cloned()
-            .chain(snap.configs.iter().map(|c| c.as_disk()))
-            .chain(snap.catalogs.iter().filter_map(|c| c.as_disk()));
-        for disk in disks {
-            mark(&parse_id(&disk.manifest)?)?;
-            let root = load_root(repo, cache, &disk)?;
-            for i in 0..root.pages.len() {
-                if !visited.insert((vi, root.pages[i])) {
-                    continue;
-                }
-                mark(&root.pages[i])?;
-                for (_, e) in load_page(repo, cache, &root, i)? {
-                    if let EntryKind::Data(id) = e.kind {
-                        mark(&id)?;
-                    }
-                }
-            }
-        }
+        let seen = visited.entry(vi).or_default();
+        crate::walk::for_each_chunk(repo, cache, snap, seen, &mut mark)?;
     }
     let mut out = Vec::new();
     for (vi, vm) in vms.iter().enumerate() {

@@ -16,18 +16,16 @@ use crate::backend::{FileKind, RequestCounts};
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
 use crate::format::index::{encode_index, IndexPack};
-use crate::format::manifest::EntryKind;
 use crate::format::sealed::KIND_INDEX;
 use crate::format::snapshot::Snapshot;
 use crate::pack_header::{index_record, read_index_record};
 use crate::repository::{io_err, object_name, NamedSnapshot, Repository};
-use crate::restore::{load_page, load_root, parse_id};
+use crate::walk::for_each_chunk;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vmvault_chunker::ChunkId;
 
 /// Index entries per index file written by a sync.
 const INDEX_FLUSH_ENTRIES: usize = 100_000;
@@ -155,35 +153,6 @@ fn select(src: &Repository, opts: &SyncOptions) -> Result<Vec<NamedSnapshot>> {
     Ok(out)
 }
 
-/// Calls `f` with every chunk id a snapshot needs: each manifest's root and pages and
-/// the data chunks they list, for disks, config files and catalogs.
-fn for_each_chunk(
-    repo: &Repository,
-    cache: &IndexCache,
-    snap: &Snapshot,
-    f: &mut dyn FnMut(ChunkId) -> Result<()>,
-) -> Result<()> {
-    let disks = snap
-        .disks
-        .iter()
-        .cloned()
-        .chain(snap.configs.iter().map(|c| c.as_disk()))
-        .chain(snap.catalogs.iter().filter_map(|c| c.as_disk()));
-    for disk in disks {
-        f(parse_id(&disk.manifest)?)?;
-        let root = load_root(repo, cache, &disk)?;
-        for i in 0..root.pages.len() {
-            f(root.pages[i])?;
-            for (_, e) in load_page(repo, cache, &root, i)? {
-                if let EntryKind::Data(id) = e.kind {
-                    f(id)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Works out what copying `opts`' snapshots from `src` to `dst` needs, reading only
 /// manifests (from `src`) and listings; copies nothing.
 pub fn plan(
@@ -204,13 +173,14 @@ pub fn plan(
         .collect();
     let mut plan = SyncPlan::default();
     let mut needed: HashSet<[u8; 32]> = HashSet::new();
+    let mut seen_pages = HashSet::new();
     for (name, snap) in &selected {
         if present.contains(name) {
             plan.snapshots_present += 1;
             continue;
         }
         plan.snapshots.push(name.clone());
-        for_each_chunk(src, src_cache, snap, &mut |id| {
+        for_each_chunk(src, src_cache, snap, &mut seen_pages, &mut |id| {
             let loc = src_cache.lookup(&id)?.ok_or_else(|| {
                 RepoError::corrupt(
                     FileKind::Snapshot,
