@@ -13,6 +13,7 @@ pub mod disk_reader;
 pub mod error;
 pub mod forget;
 pub mod format;
+pub mod index_writer;
 pub mod lock;
 pub mod pack_header;
 pub mod pack_writer;

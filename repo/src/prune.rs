@@ -16,9 +16,10 @@
 use crate::backend::FileKind;
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
-use crate::format::index::{decode_index, encode_index, IndexPack};
+use crate::format::index::{decode_index, IndexPack};
 use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
 use crate::format::sealed::KIND_INDEX;
+use crate::index_writer::IndexWriter;
 use crate::pack_header::read_index_record;
 use crate::pack_writer::PackWriter;
 use crate::repository::{io_err, Repository};
@@ -30,8 +31,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use vmvault_chunker::ChunkId;
 
-/// Index entries per index file written by prune.
-const INDEX_FLUSH_ENTRIES: usize = 100_000;
 /// Gap between used blobs still read in one request when repacking.
 const COALESCE_GAP: u64 = 256 << 10;
 
@@ -420,40 +419,20 @@ pub fn prune(
 
     // New index files: every kept pack (from the old index files, once each) and the new
     // packs.
-    let mut batch: Vec<IndexPack> = Vec::new();
-    let mut entries = 0usize;
-    let mut written_index: Vec<String> = Vec::new();
-    let mut flush_index = |batch: &mut Vec<IndexPack>, entries: &mut usize| -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(batch))?;
-        written_index.push(name);
-        batch.clear();
-        *entries = 0;
-        Ok(())
-    };
+    let mut index = IndexWriter::new(repo, None);
     let mut emitted: HashSet<[u8; 32]> = HashSet::new();
     for (name, _) in &index_files {
         for p in read_index(repo, name)? {
-            if fates.get(&p.name) != Some(&Fate::Keep) || !emitted.insert(p.name) {
-                continue;
-            }
-            entries += p.entries.len();
-            batch.push(p);
-            if entries >= INDEX_FLUSH_ENTRIES {
-                flush_index(&mut batch, &mut entries)?;
+            if fates.get(&p.name) == Some(&Fate::Keep) && emitted.insert(p.name) {
+                index.add(p)?;
             }
         }
     }
     for p in new_records {
-        entries += p.entries.len();
-        batch.push(p);
-        if entries >= INDEX_FLUSH_ENTRIES {
-            flush_index(&mut batch, &mut entries)?;
-        }
+        index.add(p)?;
     }
-    flush_index(&mut batch, &mut entries)?;
+    index.flush()?;
+    let written_index = index.written;
     report.index_files_written = written_index.len() as u64;
 
     // Old index files go, then the packs nothing lists any more: only while the lock

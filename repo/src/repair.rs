@@ -10,6 +10,7 @@ use crate::format::manifest::{encode_page, EntryKind, ManifestEntry, ManifestRoo
 use crate::format::pack::{COMPRESSION_NONE, COMPRESSION_ZSTD, KIND_TREE};
 use crate::format::sealed::KIND_INDEX;
 use crate::format::snapshot::{Snapshot, SnapshotDisk};
+use crate::index_writer::IndexWriter;
 use crate::pack_header::read_index_record;
 use crate::pack_writer::PackWriter;
 use crate::repository::{io_err, Repository};
@@ -20,8 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use vmvault_chunker::ChunkId;
 
-/// Index entries per index file written by a repair.
-const INDEX_FLUSH_ENTRIES: usize = 100_000;
 /// Pack headers read at once.
 const HEADER_READS: usize = 8;
 
@@ -120,21 +119,12 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
         ..Default::default()
     };
     report.damaged_packs.sort();
-    let mut written = HashSet::new();
-    let mut batch: Vec<IndexPack> = Vec::new();
-    let mut entries = 0usize;
+    let mut index = IndexWriter::new(repo, None);
     for r in records {
-        entries += r.entries.len();
-        batch.push(r);
-        if entries >= INDEX_FLUSH_ENTRIES {
-            written.insert(repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch))?);
-            batch.clear();
-            entries = 0;
-        }
+        index.add(r)?;
     }
-    if !batch.is_empty() {
-        written.insert(repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch))?);
-    }
+    index.flush()?;
+    let written: HashSet<String> = index.written.into_iter().collect();
     report.index_files_written = written.len() as u64;
     for (name, _) in &old_index {
         if written.contains(name) {

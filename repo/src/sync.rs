@@ -15,9 +15,9 @@
 use crate::backend::{FileKind, RequestCounts};
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
-use crate::format::index::{encode_index, IndexPack};
-use crate::format::sealed::KIND_INDEX;
+use crate::format::index::IndexPack;
 use crate::format::snapshot::Snapshot;
+use crate::index_writer::{IndexWriter, INDEX_FLUSH_ENTRIES};
 use crate::pack_header::{index_record, read_index_record};
 use crate::repository::{io_err, object_name, NamedSnapshot, Repository};
 use crate::walk::for_each_chunk;
@@ -26,9 +26,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Index entries per index file written by a sync.
-const INDEX_FLUSH_ENTRIES: usize = 100_000;
 
 /// What to copy.
 #[derive(Default, Clone)]
@@ -234,40 +231,6 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Index records gathered for the destination, written in batches.
-struct IndexWriter<'a> {
-    dst: &'a Repository,
-    dst_cache: &'a IndexCache,
-    batch: Vec<IndexPack>,
-    entries: usize,
-    files: u64,
-}
-
-impl IndexWriter<'_> {
-    fn add(&mut self, record: IndexPack) -> Result<()> {
-        self.entries += record.entries.len();
-        self.batch.push(record);
-        if self.entries >= INDEX_FLUSH_ENTRIES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let name = self
-            .dst
-            .put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&self.batch))?;
-        self.dst_cache.add_index(&name, &self.batch)?;
-        self.batch.clear();
-        self.entries = 0;
-        self.files += 1;
-        Ok(())
-    }
-}
-
 /// Carries out `plan`: packs (in parallel, each verified against its name and header
 /// before it is sent), index files, then snapshot objects.
 pub fn run(
@@ -287,13 +250,7 @@ pub fn run(
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     };
-    let index = Mutex::new(IndexWriter {
-        dst,
-        dst_cache,
-        batch: Vec::new(),
-        entries: 0,
-        files: 0,
-    });
+    let index = Mutex::new(IndexWriter::new(dst, Some(dst_cache)));
     let add_record =
         |r: IndexPack| -> Result<()> { index.lock().unwrap_or_else(|e| e.into_inner()).add(r) };
     let indexed_only = (|| -> Result<()> {
@@ -389,7 +346,7 @@ pub fn run(
         packs_copied: progress.packs.load(Ordering::Relaxed),
         bytes_copied: progress.done.load(Ordering::Relaxed),
         packs_indexed: plan.packs_to_index,
-        index_files: index.files,
+        index_files: index.written.len() as u64,
         duration_secs: started.elapsed().as_secs_f64(),
         source_requests: src.backend().counters().snapshot().since(&src_before),
         destination_requests: dst.backend().counters().snapshot().since(&dst_before),
