@@ -72,6 +72,11 @@ impl Backend for LocalBackend {
         &self.counters
     }
 
+    /// Two: while one pack waits for its fsync, the next is copied into the page cache.
+    fn upload_concurrency(&self) -> usize {
+        2
+    }
+
     fn create(&self) -> io::Result<()> {
         match fs::read_dir(&self.root) {
             Ok(mut entries) => {

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Turns compare.csv (written by run.sh) into compare.md and a gnuplot bar chart.
+
+Every ratio compares tools measured in the same run: `x fastest peer` is a row's wall time
+divided by the fastest peer's (restic, borg, rustic) for the same format and step, so
+vmvault's 0.25 means four times faster; `x smallest peer` does the same for repository
+size. The bound rows divide the allocated bytes by the cores times the single-core rates
+machine_limits measured in the same run."""
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+
+PEERS = ("restic", "borg", "rustic")
+STEPS = ("backup v1", "backup v2", "backup v3", "restore v3")
+
+
+def mib(b):
+    return float(b) / (1 << 20)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("limits")
+    ap.add_argument("--cores", type=int, required=True)
+    ap.add_argument("--allocated", type=int, required=True)
+    ap.add_argument("--logical", type=int, required=True)
+    ap.add_argument("--seq-read", type=float, default=0.0)
+    ap.add_argument("--cold", default="yes")
+    ap.add_argument("--corpus", default="")
+    ap.add_argument("--pages", default="")
+    ap.add_argument("--sizes", default="")
+    ap.add_argument("--versions", default="")
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--gnuplot", required=True)
+    a = ap.parse_args()
+
+    rows = list(csv.DictReader(open(a.csv)))
+    lim = {}
+    for line in open(a.limits):
+        k, v = line.split()
+        lim[k] = float(v)
+    alloc_mb = a.allocated / 1e6
+    bound_zstd = alloc_mb / (a.cores * lim["zstd"])
+    bound_zh = alloc_mb / (a.cores * lim["zstd_blake3"])
+
+    def get(fmt, tool, step):
+        for r in rows:
+            if r["format"] == fmt and r["tool"] == tool and r["step"] == step:
+                return r
+        return None
+
+    out = []
+    w = out.append
+    w(f"# vmvault against restic, borg and rustic: one run, {datetime.datetime.utcnow():%Y-%m-%dT%H:%MZ}")
+    w("")
+    w(f"Machine: {a.cores} cores ({cpu_model()}), load average at the end "
+      f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; page cache dropped before every step: {a.cold}.")
+    w(f"Tools: {a.versions}; peers with their defaults plus zstd level {int(lim.get('zstd_level', 3))} "
+      f"(restic `auto`, borg `--compression zstd,3`, rustic default), all with encryption.")
+    w(f"Corpus: {a.corpus}; GPT image of {a.logical / 2**30:.0f} GiB logical, "
+      f"{mib(a.allocated):.0f} MiB allocated (EFI FAT32 + ext4); v2 = a day of changes "
+      f"(packages unpacked, logs, an SQLite database), v3 = v2 + {a.pages} random 4 KiB page writes.")
+    if a.sizes:
+        w("Files on disk (allocated MiB): " + ", ".join(
+            f"{k} {mib(v):.0f}" for k, v in (s.split("=") for s in a.sizes.split())))
+    w("")
+    w("Regenerate: `sudo benches/compare/run.sh` (see the script's header for knobs).")
+    w("")
+
+    for fmt in dict.fromkeys(r["format"] for r in rows):
+        w(f"## {fmt}")
+        w("")
+        w("| step | tool | wall s | CPU s | peak RSS MiB | repo MiB | wall x fastest peer | repo x smallest peer |")
+        w("|---|---|---|---|---|---|---|---|")
+        for step in STEPS:
+            peers = [get(fmt, t, step) for t in PEERS]
+            peers = [p for p in peers if p]
+            best_wall = min((float(p["wall_s"]) for p in peers), default=None)
+            best_repo = min((int(p["repo_bytes"]) for p in peers), default=None)
+            for tool in ("vmvault",) + PEERS:
+                r = get(fmt, tool, step)
+                if not r:
+                    continue
+                wall = float(r["wall_s"])
+                cpu = float(r["user_s"]) + float(r["sys_s"])
+                rw = f"{wall / best_wall:.2f}" if best_wall else ""
+                rr = f"{int(r['repo_bytes']) / best_repo:.2f}" if best_repo else ""
+                name = f"**{tool}**" if tool == "vmvault" else tool
+                extra = ""
+                if step.startswith("restore") and r.get("restored_allocated_bytes"):
+                    extra = f" (output {mib(r['restored_allocated_bytes']):.0f} MiB allocated)"
+                w(f"| {step}{extra} | {name} | {wall:.2f} | {cpu:.2f} | {r['peak_rss_mib']} | "
+                  f"{mib(r['repo_bytes']):.1f} | {rw} | {rr} |")
+        w("")
+
+    w("## The machine's limits (same run, one core, 128 KiB blocks of v1's allocated data)")
+    w("")
+    w("| stage | MB/s per core |")
+    w("|---|---|")
+    for k, label in (("zstd", f"zstd level {int(lim.get('zstd_level', 3))}"),
+                     ("blake3_keyed", "keyed BLAKE3"), ("aes256gcm", "AES-256-GCM"),
+                     ("fastcdc", "FastCDC (vmvault's chunker, cut + zero scan)"),
+                     ("zstd_blake3", "zstd + BLAKE3 (compression/hash bound)")):
+        w(f"| {label} | {lim[k]:.0f} |")
+    if a.seq_read:
+        w(f"| sequential read, cold (dd) | {a.seq_read:.0f} (all cores) |")
+    w("")
+    full = get("raw", "vmvault", "backup v1")
+    if full:
+        fw = float(full["wall_s"])
+        w(f"Bounds for the full backup of {mib(a.allocated):.0f} MiB allocated on {a.cores} cores: "
+          f"zstd alone {bound_zstd:.2f} s, zstd + BLAKE3 {bound_zh:.2f} s. vmvault took {fw:.2f} s: "
+          f"**{fw / bound_zh:.2f}x the compression/hash bound**, {fw / bound_zstd:.2f}x the zstd bound.")
+        w("")
+    s1 = get("raw", "vmvault", "backup v1, 1 thread(s)")
+    s2 = get("raw", "vmvault", "backup v1, 2 thread(s)")
+    if s1 and s2:
+        w(f"Scaling (raw v1, fresh repository): 1 thread {float(s1['wall_s']):.2f} s, 2 threads "
+          f"{float(s2['wall_s']):.2f} s: **{float(s1['wall_s']) / float(s2['wall_s']):.2f}x**.")
+        w("")
+
+    open(a.md, "w").write("\n".join(out) + "\n")
+
+    # Bar chart: wall time per step and tool, raw format.
+    fmt = "raw"
+    tools = [t for t in ("vmvault",) + PEERS if get(fmt, t, "backup v1")]
+    if not tools:
+        return
+    with open(a.gnuplot + ".dat", "w") as f:
+        f.write("step " + " ".join(tools) + "\n")
+        for step in STEPS:
+            vals = [get(fmt, t, step) for t in tools]
+            f.write('"' + step + '" ' + " ".join(v["wall_s"] if v else "0" for v in vals) + "\n")
+    base = os.path.basename(a.gnuplot)
+    with open(a.gnuplot + ".gp", "w") as f:
+        f.write(f"""set terminal pngcairo size 900,480 font "sans,11"
+set output "{base}.png"
+set title "VM disk backup and restore, {mib(a.allocated):.0f} MiB allocated of {a.logical / 2**30:.0f} GiB, {a.cores} cores (lower is better)"
+set ylabel "wall time (s)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set key top left
+set grid ytics
+set yrange [0:*]
+plot for [i=2:{len(tools) + 1}] "{base}.dat" using i:xtic(1) title columnhead(i)
+""")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+//! The machine's own single-core limits for the work a backup does, measured on real data
+//! (the allocated bytes of the benchmark image), for `benches/compare/run.sh`.
+//!
+//! ```text
+//! machine_limits FILE [LEVEL]
+//! ```
+//! Reads up to 512 MiB of FILE into memory and prints one line `name mb_per_s` per stage,
+//! each measured on one thread over 128 KiB blocks (vmvault's average chunk size):
+//! `zstd` (compression at LEVEL, default 3; incompressible blocks count like the others),
+//! `blake3_keyed` (chunk ids), `aes256gcm` (sealing), `fastcdc` (vmvault's chunker cutting
+//! and naming the data), and `zstd_blake3` (zstd and BLAKE3 in turn: the compression/hash
+//! bound of one core). MB is 10^6 bytes.
+
+use std::hint::black_box;
+use std::io::Read;
+use std::time::Instant;
+use vmvault_chunker::ChunkerParams;
+use vmvault_repo::crypto::MasterKeys;
+
+const BLOCK: usize = 128 << 10;
+const MAX_BYTES: u64 = 512 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(path) = args.first() else {
+        eprintln!("usage: machine_limits FILE [LEVEL]");
+        std::process::exit(2);
+    };
+    let level: i32 = args.get(1).map_or(3, |s| s.parse().unwrap_or(3));
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .expect("open input")
+        .take(MAX_BYTES)
+        .read_to_end(&mut data)
+        .expect("read input");
+    assert!(data.len() >= BLOCK, "input smaller than one block");
+    let mb = data.len() as f64 / 1e6;
+    let keys = MasterKeys::generate().expect("keys");
+
+    let mut comp = zstd::bulk::Compressor::new(level).expect("zstd");
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(BLOCK));
+    let zstd_s = time(|| {
+        for b in data.chunks(BLOCK) {
+            out.clear();
+            comp.compress_to_buffer(b, &mut out).expect("compress");
+            black_box(out.len());
+        }
+    });
+    let blake_s = time(|| {
+        for b in data.chunks(BLOCK) {
+            black_box(keys.chunk_id(b));
+        }
+    });
+    let cipher = keys.pack_cipher(&[7u8; 32]);
+    let id = keys.chunk_id(b"limits");
+    let mut sealed = data.clone();
+    let aes_s = time(|| {
+        for (i, b) in sealed.chunks_mut(BLOCK).enumerate() {
+            black_box(cipher.encrypt_blob(40 + (i * BLOCK) as u64, &id, b));
+        }
+    });
+    let chunker = keys.chunker(ChunkerParams::default_v1());
+    let mut cuts = Vec::new();
+    let cdc_s = time(|| {
+        for seg in data.chunks(4 << 20) {
+            cuts.clear();
+            chunker.split(seg, 0, &mut cuts);
+            black_box(cuts.len());
+        }
+    });
+    println!("bytes {}", data.len());
+    println!("zstd_level {level}");
+    println!("zstd {:.1}", mb / zstd_s);
+    println!("blake3_keyed {:.1}", mb / blake_s);
+    println!("aes256gcm {:.1}", mb / aes_s);
+    println!("fastcdc {:.1}", mb / cdc_s);
+    println!("zstd_blake3 {:.1}", mb / (zstd_s + blake_s));
+}
+
+/// The best of three runs, in seconds (the machine is shared; the minimum is the limit).
+fn time(mut f: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
