@@ -5,7 +5,6 @@ use super::FORMAT;
 use crate::image_file::{read_checked, read_into, ReadAt};
 use crate::IngestError;
 use std::collections::HashMap;
-use std::io::Read;
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
@@ -128,6 +127,8 @@ pub struct SparseExtent {
     /// The last decompressed grain: (grain index, bytes).
     grain_cache: Option<(u64, Vec<u8>)>,
     compressed_buf: Vec<u8>,
+    /// Reused for every compressed grain.
+    inflater: Option<Box<flate2::Decompress>>,
 }
 
 impl SparseExtent {
@@ -188,6 +189,7 @@ impl SparseExtent {
                 gts: HashMap::new(),
                 grain_cache: None,
                 compressed_buf: Vec::new(),
+                inflater: None,
             },
             descriptor,
         ))
@@ -358,15 +360,31 @@ impl SparseExtent {
         let read = read_into(f, FORMAT, data_at, &mut compressed);
         let mut out = self.grain_cache.take().map(|(_, v)| v).unwrap_or_default();
         out.clear();
+        // One inflater per reader, reset per grain: a fresh one costs an allocation and
+        // table set-up per 64 KiB. `out` holds at most one grain plus one byte, so an
+        // over-long stream is caught below instead of growing memory.
+        let mut inflater = self
+            .inflater
+            .take()
+            .unwrap_or_else(|| Box::new(flate2::Decompress::new(true)));
+        inflater.reset(true);
+        out.reserve(gb as usize + 1);
         let result = read.and_then(|()| {
-            flate2::read::ZlibDecoder::new(&compressed[..])
-                .take(gb + 1)
-                .read_to_end(&mut out)
+            inflater
+                .decompress_vec(&compressed, &mut out, flate2::FlushDecompress::Finish)
                 .map_err(|e| {
                     self.corrupt(at, format!("compressed grain {g} does not inflate: {e}"))
                 })
+                .and_then(|status| match status {
+                    flate2::Status::StreamEnd => Ok(()),
+                    _ => Err(self.corrupt(
+                        at,
+                        format!("compressed grain {g} is cut short or longer than a grain"),
+                    )),
+                })
         });
         self.compressed_buf = compressed;
+        self.inflater = Some(inflater);
         result?;
         // The grain must cover the part of the disk it maps.
         let needed = gb.min(self.size().saturating_sub(g * gb));

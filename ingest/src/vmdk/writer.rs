@@ -245,9 +245,23 @@ impl VmdkWriter {
             self.scratch.clear();
             self.scratch.reserve(bytes.len() + 1024);
             self.compressor.reset();
-            self.compressor
-                .compress_vec(&bytes, &mut self.scratch, flate2::FlushCompress::Finish)
-                .map_err(|e| write_err(&self.name)(std::io::Error::other(e)))?;
+            // Until the stream ends: a deflater may hold output back when the space left
+            // is close to the worst case, so one call is not always enough.
+            loop {
+                let consumed = self.compressor.total_in() as usize;
+                let status = self
+                    .compressor
+                    .compress_vec(
+                        &bytes[consumed.min(bytes.len())..],
+                        &mut self.scratch,
+                        flate2::FlushCompress::Finish,
+                    )
+                    .map_err(|e| write_err(&self.name)(std::io::Error::other(e)))?;
+                if status == flate2::Status::StreamEnd {
+                    break;
+                }
+                self.scratch.reserve(64 << 10);
+            }
             let mut m = [0u8; 12];
             m[0..8].copy_from_slice(&(g * GRAIN_SECTORS).to_le_bytes());
             m[8..12].copy_from_slice(&(self.scratch.len() as u32).to_le_bytes());
