@@ -82,6 +82,25 @@ def main():
     w("Regenerate: `sudo benches/compare/run.sh` (see the script's header for knobs).")
     w("")
 
+    w("## Summary: how many times faster vmvault is than the fastest peer, and its repository size relative to the smallest peer's")
+    w("")
+    w("| format | " + " | ".join(STEPS) + " |")
+    w("|---|" + "---|" * len(STEPS))
+    for fmt in dict.fromkeys(r["format"] for r in rows):
+        cells = []
+        for step in STEPS:
+            v = get(fmt, "vmvault", step)
+            peers = [p for p in (get(fmt, t, step) for t in PEERS) if p]
+            if not v or not peers:
+                cells.append("")
+                continue
+            speed = min(float(p["wall_s"]) for p in peers) / float(v["wall_s"])
+            size = int(v["repo_bytes"]) / min(int(p["repo_bytes"]) for p in peers)
+            pace = f"{speed:.1f}x faster" if speed >= 1 else f"{1 / speed:.1f}x slower"
+            cells.append(f"{pace}, repo {size:.2f}x")
+        w(f"| {fmt} | " + " | ".join(cells) + " |")
+    w("")
+
     for fmt in dict.fromkeys(r["format"] for r in rows):
         w(f"## {fmt}")
         w("")
@@ -127,11 +146,11 @@ def main():
           f"zstd alone {bound_zstd:.2f} s, zstd + BLAKE3 {bound_zh:.2f} s. vmvault took {fw:.2f} s: "
           f"**{fw / bound_zh:.2f}x the compression/hash bound**, {fw / bound_zstd:.2f}x the zstd bound.")
         w("")
-    s1 = get("raw", "vmvault", "backup v1, 1 thread(s)")
-    s2 = get("raw", "vmvault", "backup v1, 2 thread(s)")
-    if s1 and s2:
-        w(f"Scaling (raw v1, fresh repository): 1 thread {float(s1['wall_s']):.2f} s, 2 threads "
-          f"{float(s2['wall_s']):.2f} s: **{float(s1['wall_s']) / float(s2['wall_s']):.2f}x**.")
+    s1 = get("raw", "vmvault", "backup v1 on 1 cores")
+    sn = get("raw", "vmvault", f"backup v1 on {a.cores} cores")
+    if s1 and sn and a.cores > 1:
+        w(f"Scaling (raw v1, fresh repository, `taskset`): 1 core {float(s1['wall_s']):.2f} s, "
+          f"{a.cores} cores {float(sn['wall_s']):.2f} s: **{float(s1['wall_s']) / float(sn['wall_s']):.2f}x**.")
         w("")
 
     open(a.md, "w").write("\n".join(out) + "\n")

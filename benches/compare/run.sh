@@ -17,7 +17,7 @@
 #   4. for each format in $FORMATS and tool in $TOOLS, in a fresh repository: backs up v1,
 #      v2, v3 (same path, new file each time), restores v3 and compares it byte for byte,
 #      dropping the page cache before every step; /usr/bin/time gives wall, CPU, peak RSS;
-#   5. vmvault's full backup of v1 with 1 and 2 threads (scaling);
+#   5. vmvault's full backup of v1 on 1 core and on all cores (scaling);
 #   6. writes compare.csv, compare.md and compare.png to $RESULTS.
 #
 # Knobs (defaults): WORKROOT=/var/tmp RESULTS=<repo>/benches/results LOGICAL=8G PAGES=300
@@ -241,13 +241,14 @@ init_repo() {
     esac >"$WORK/init.log" 2>&1 || { log "$tool init failed:"; cat "$WORK/init.log" >&2; exit 1; }
 }
 
-# restore_cmd TOOL REPO DIR SRC: restores the latest snapshot so that DIR/out is the file.
+# restore_cmd TOOL REPO DIR SRC: restores the latest snapshot into DIR (vmvault: DIR/out;
+# the others: DIR/<the backed-up path>). borg, which extracts into the working directory,
+# is run by the loop below.
 restore_cmd() {
     local tool=$1 repo=$2 dir=$3 src=$4
     case $tool in
     vmvault) echo "$VMVAULT" -r "$repo" --cache-dir "$WORK/cache/vmvault" -q restore latest --vm compare --target "$dir/out" ;;
     restic) echo restic -r "$repo" --cache-dir "$WORK/cache/restic" -q restore latest --target "$dir" ;;
-    borg) echo bash -c "cd '$dir' && borg extract --sparse '$repo::$(borg list --last 1 --format '{archive}' "$repo")'" ;;
     rustic) echo "$RUSTIC" -r "$repo" --cache-dir "$WORK/cache/rustic" restore latest "$dir" ;;
     esac
 }
@@ -302,15 +303,17 @@ for fmt in $FORMATS; do
     done
 done
 
-# Scaling: vmvault's full backup of v1 (raw) with 1 and 2 worker threads.
+# Scaling: vmvault's full backup of v1 (raw) on 1 core and on all cores (taskset; the
+# worker count follows the CPUs the process may use).
 if [[ $TOOLS == *vmvault* ]]; then
-    for t in 1 2; do
-        repo=$WORK/repo-scaling-$t
+    for cpus in 1 "$CORES"; do
+        repo=$WORK/repo-scaling-$cpus
         rm -rf "$repo" "$WORK/cache"
         init_repo vmvault "$repo"
         mkdir -p "$WORK/input-scaling" && ln -f "$V1" "$WORK/input-scaling/disk.img"
-        run raw vmvault "backup v1, $t thread(s)" "$repo" "$VMVAULT" -r "$repo" --cache-dir "$WORK/cache/vmvault" -q \
-            backup --threads "$t" --vm compare --disk-name disk "$WORK/input-scaling/disk.img"
+        run raw vmvault "backup v1 on $cpus cores" "$repo" taskset -c "0-$((cpus - 1))" \
+            "$VMVAULT" -r "$repo" --cache-dir "$WORK/cache/vmvault" -q \
+            backup --vm compare --disk-name disk "$WORK/input-scaling/disk.img"
         rm -rf "$repo"
     done
 fi

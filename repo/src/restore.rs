@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use vmvault_chunker::{is_zero, ChunkId};
 
 /// Logical bytes per parallel batch.
@@ -369,18 +370,26 @@ fn restore_batch_with(
 /// 1.4 GiB restore on 2 cores), or as many as the backend wants reads in flight when that
 /// is more (each thread waits on one read).
 fn worker_pool(repo: &Repository, opts: &RestoreOptions) -> Result<(usize, rayon::ThreadPool)> {
-    let threads = if opts.threads == 0 {
-        (2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(repo.backend().read_concurrency())
-    } else {
-        opts.threads
-    };
+    let threads = worker_count(repo, opts);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| RepoError::Invalid(format!("cannot start worker threads: {e}")))?;
     Ok((threads, pool))
 }
+
+/// See [`worker_pool`].
+fn worker_count(repo: &Repository, opts: &RestoreOptions) -> usize {
+    if opts.threads == 0 {
+        (2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(repo.backend().read_concurrency())
+    } else {
+        opts.threads
+    }
+}
+
+/// Restored bytes between two early-writeback hints (see [`start_writeback`]).
+const WRITEBACK_BYTES: u64 = 256 << 20;
 
 /// Restores one disk of a snapshot to `path` (a new or empty file, an existing file with
 /// `overwrite`, or a block device at least as large as the disk).
@@ -394,7 +403,7 @@ pub fn restore_disk(
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
     let target = Target::open(path, root.disk_size, opts)?;
-    let (threads, pool) = worker_pool(repo, opts)?;
+    let threads = worker_count(repo, opts);
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
         ..Default::default()
@@ -404,60 +413,97 @@ pub fn restore_disk(
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     };
-    let run = |batches: &[Vec<Placed>]| -> Result<u64> {
-        let written: Result<Vec<u64>> = pool.install(|| {
-            batches
-                .par_iter()
-                .map(|b| {
-                    if cancelled() {
-                        return Err(RepoError::Interrupted);
-                    }
-                    restore_batch(repo, cache, b, progress, &mut |p, data| {
-                        target.write(p.offset, data)
-                    })
-                })
-                .collect()
-        });
-        Ok(written?.iter().sum::<u64>())
+    // A stream, not windows: this thread walks the manifest pages and hands batches to
+    // `threads` workers through a short queue, so no worker waits for the slowest batch
+    // of a window (pack reads that wait on a disk or a network vary a lot).
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Placed>>(threads * 2);
+    let written = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<RepoError>> = Mutex::new(None);
+    let fail = |e: RepoError| {
+        let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        stop.store(true, Ordering::SeqCst);
     };
-    // Batches are gathered across manifest pages and run a window at a time, so that a
-    // page with few batches does not leave workers idle while its last reads complete
-    // (which matters when each read waits on a network).
-    let window = threads * 4;
-    let mut batches: Vec<Vec<Placed>> = vec![Vec::new()];
-    let mut batch_bytes = 0u64;
-    for i in 0..root.pages.len() {
-        let entries = load_page(repo, cache, &root, i)?;
-        for (offset, e) in entries {
-            match e.kind {
-                EntryKind::Data(id) => {
-                    if batch_bytes >= BATCH_BYTES {
-                        if batches.len() >= window {
-                            summary.data_bytes += run(&batches)?;
-                            batches.clear();
-                            start_writeback(&target.file);
-                        }
-                        batches.push(Vec::new());
-                        batch_bytes = 0;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let (target, written, stop, fail) = (&target, &written, &stop, &fail);
+            s.spawn(move || {
+                for batch in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        continue;
                     }
-                    batch_bytes += u64::from(e.len);
-                    if let Some(b) = batches.last_mut() {
-                        b.push(Placed {
-                            offset,
-                            len: e.len,
-                            id,
-                            pos: 0,
-                        });
+                    if cancelled() {
+                        fail(RepoError::Interrupted);
+                        continue;
+                    }
+                    match restore_batch(repo, cache, &batch, progress, &mut |p, data| {
+                        target.write(p.offset, data)
+                    }) {
+                        Ok(n) => {
+                            written.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => fail(e),
                     }
                 }
-                EntryKind::Zero | EntryKind::Unallocated => {
-                    target.write_zeros(offset, u64::from(e.len))?;
-                    progress.done.fetch_add(u64::from(e.len), Ordering::Relaxed);
+            });
+        }
+        drop(rx);
+        let result = (|| -> Result<()> {
+            let mut batch: Vec<Placed> = Vec::new();
+            let mut batch_bytes = 0u64;
+            let mut since_writeback = 0u64;
+            for i in 0..root.pages.len() {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let entries = load_page(repo, cache, &root, i)?;
+                for (offset, e) in entries {
+                    match e.kind {
+                        EntryKind::Data(id) => {
+                            if batch_bytes >= BATCH_BYTES {
+                                if tx.send(std::mem::take(&mut batch)).is_err() {
+                                    return Ok(());
+                                }
+                                since_writeback += batch_bytes;
+                                batch_bytes = 0;
+                                if since_writeback >= WRITEBACK_BYTES {
+                                    start_writeback(&target.file);
+                                    since_writeback = 0;
+                                }
+                            }
+                            batch_bytes += u64::from(e.len);
+                            batch.push(Placed {
+                                offset,
+                                len: e.len,
+                                id,
+                                pos: 0,
+                            });
+                        }
+                        EntryKind::Zero | EntryKind::Unallocated => {
+                            target.write_zeros(offset, u64::from(e.len))?;
+                            progress.done.fetch_add(u64::from(e.len), Ordering::Relaxed);
+                        }
+                    }
                 }
             }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            fail(e);
         }
+        drop(tx);
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
     }
-    summary.data_bytes += run(&batches)?;
+    summary.data_bytes = written.into_inner();
     target.file.sync_all().map_err(|e| RepoError::Target {
         path: target.path.clone(),
         source: e,
