@@ -122,6 +122,7 @@ pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<i32> {
     if cli.json {
         let mut v = serde_json::to_value(&st)?;
         v["vms_detail"] = serde_json::to_value(&per_vm)?;
+        v["compression_level"] = repo.config().compression.level.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !cli.quiet {
         if !per_vm.is_empty() {
@@ -156,6 +157,10 @@ pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<i32> {
         println!("chunks           {:>12}", st.chunks);
         println!("packs            {:>12}", st.packs);
         println!("index files      {:>12}", st.index_files);
+        println!(
+            "compression      {:>12}",
+            format!("zstd {}", repo.config().compression.level)
+        );
     }
     Ok(crate::exit::OK)
 }

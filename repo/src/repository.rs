@@ -72,19 +72,46 @@ fn crypto_err(kind: FileKind, name: &str, e: CryptoError) -> RepoError {
     RepoError::corrupt(kind, name, e.to_string())
 }
 
+/// The zstd level of new repositories (docs/PERFORMANCE.md, "Trade-offs").
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// The lowest zstd level a repository may use (zstd's fastest mode).
+pub const MIN_COMPRESSION_LEVEL: i32 = -7;
+/// The highest zstd level a repository may use.
+pub const MAX_COMPRESSION_LEVEL: i32 = 22;
+
 impl Repository {
-    /// Creates a new repository at an empty location and returns it opened.
+    /// Creates a new repository at an empty location, with the default zstd level
+    /// ([`DEFAULT_COMPRESSION_LEVEL`]), and returns it opened.
     pub fn init(
         backend: Arc<dyn Backend>,
         password: &[u8],
         kdf: KdfParams,
         chunker: ChunkerParams,
     ) -> Result<Self> {
+        Self::init_with_level(backend, password, kdf, chunker, DEFAULT_COMPRESSION_LEVEL)
+    }
+
+    /// [`Repository::init`] with a zstd level other than the default (FORMAT.md allows
+    /// -7..=22; negative levels are zstd's fast modes). The level changes only how hard
+    /// new chunks are compressed, never their ids, so deduplication is unaffected.
+    pub fn init_with_level(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        kdf: KdfParams,
+        chunker: ChunkerParams,
+        level: i32,
+    ) -> Result<Self> {
         chunker
             .validate()
             .map_err(|e| RepoError::Invalid(e.to_string()))?;
+        if !(MIN_COMPRESSION_LEVEL..=MAX_COMPRESSION_LEVEL).contains(&level) {
+            return Err(RepoError::Invalid(format!(
+                "compression level {level} is outside {MIN_COMPRESSION_LEVEL}..={MAX_COMPRESSION_LEVEL}"
+            )));
+        }
         let keys = MasterKeys::generate().map_err(|e| RepoError::Invalid(e.to_string()))?;
-        let config = Config::new_v1(new_repository_id()?, now_rfc3339(), &chunker);
+        let mut config = Config::new_v1(new_repository_id()?, now_rfc3339(), &chunker);
+        config.compression.level = level;
         Self::create(backend, password, kdf, keys, config)
     }
 

@@ -483,3 +483,61 @@ fn unusual_vm_disk_and_tag_names_round_trip() {
     let o = v.ok(&["snapshots"]);
     assert!(o.stdout.contains("web 01"), "{}", o.stdout);
 }
+
+// --- compression level -----------------------------------------------------------------
+
+/// A raw disk of real, compressible bytes: the programs under /usr/bin, concatenated.
+fn binaries_disk(v: &Vault, name: &str, bytes: usize) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("/usr/bin")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut data = Vec::new();
+    for f in files {
+        if data.len() >= bytes {
+            break;
+        }
+        if let Ok(b) = std::fs::read(&f) {
+            data.extend_from_slice(&b);
+        }
+    }
+    data.truncate(bytes);
+    assert_eq!(data.len(), bytes, "not enough programs under /usr/bin");
+    let p = v.path(name);
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+#[test]
+fn compression_level_is_set_at_init_and_changes_only_the_stored_size() {
+    let mut stored = Vec::new();
+    for level in [1, 19] {
+        let v = Vault::new();
+        let init = v.json(&["init", "--compression-level", &level.to_string()]);
+        assert_eq!(init["compression_level"], level);
+        let disk = binaries_disk(&v, "bin.img", 8 << 20);
+        let b = v.backup("vm", &[&disk]);
+        let stats = v.json(&["stats"]);
+        assert_eq!(stats["compression_level"], level);
+        let out = v.path("restored.img");
+        v.restore(b["id"].as_str().unwrap(), &out, &[]).assert_ok();
+        assert_same(&disk, &out);
+        v.check_ok(true);
+        stored.push(b["stored_bytes"].as_u64().unwrap());
+    }
+    assert!(
+        stored[1] < stored[0] * 97 / 100,
+        "level 19 should store clearly less than level 1: {stored:?}"
+    );
+    let v = Vault::new();
+    v.run(&["init", "--compression-level", "23"])
+        .assert_fails(1, &["compression level 23"]);
+    assert!(
+        !v.repo.join("config").exists(),
+        "a refused init leaves no repository"
+    );
+    v.run(&["init", "--compression-level", "-8"])
+        .assert_fails(1, &["compression level -8"]);
+}
