@@ -13,16 +13,7 @@ pub struct RawFile {
     path: PathBuf,
     size: u64,
     is_block_device: bool,
-    /// The same file opened with `O_DIRECT`, for reads whose offset, length and buffer
-    /// are page-aligned: the data lands in our buffer without a copy through the page
-    /// cache (that copy was 6-10 % of a full backup's CPU). `None` where the file system
-    /// refuses direct I/O, and after the first refusal of a read.
-    direct: Option<File>,
 }
-
-/// Alignment of offset, length and memory for a direct read (the largest logical block
-/// size in use; 512-byte devices accept it too).
-const DIRECT_ALIGN: usize = 4096;
 
 impl RawFile {
     /// Opens a raw image file or block device read-only and finds its size
@@ -48,13 +39,11 @@ impl RawFile {
         // Reads go front to back: ask for aggressive readahead. Advisory only, so a
         // failure (e.g. on a filesystem that does not support it) is ignored.
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-        let direct = open_direct(path);
         Ok(RawFile {
             file,
             path: path.to_path_buf(),
             size,
             is_block_device,
-            direct,
         })
     }
 
@@ -85,25 +74,6 @@ pub fn block_device_size(file: &File) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(size)
-}
-
-/// Opens `path` again with `O_DIRECT`, or `None` where that is not possible (tmpfs, some
-/// network file systems).
-fn open_direct(path: &Path) -> Option<File> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = path;
-        None
-    }
 }
 
 impl DiskSource for RawFile {
@@ -166,21 +136,6 @@ impl DiskSource for RawFile {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), IngestError> {
-        let aligned = !buf.is_empty()
-            && offset.is_multiple_of(DIRECT_ALIGN as u64)
-            && buf.len().is_multiple_of(DIRECT_ALIGN)
-            && buf.as_ptr().align_offset(DIRECT_ALIGN) == 0;
-        if let (true, Some(direct)) = (aligned, &self.direct) {
-            match direct.read_exact_at(buf, offset) {
-                Ok(()) => return Ok(()),
-                // Refused (alignment rules stricter than ours, or no direct I/O after
-                // all): read through the page cache from now on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                // A short read (the file shrank): the buffered read below reports it.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-                Err(e) => return Err(self.read_err(offset, e)),
-            }
-        }
         match self.file.read_exact_at(buf, offset) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -208,52 +163,6 @@ impl DiskSource for RawFile {
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
-
-    /// A buffer of `len` bytes starting at a page boundary inside `backing`.
-    fn aligned(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {
-        backing.resize(len + DIRECT_ALIGN, 0);
-        let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
-        &mut backing[start..start + len]
-    }
-
-    #[test]
-    fn aligned_and_unaligned_reads_return_the_same_bytes() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        let data: Vec<u8> = (0..(1u32 << 20) + 123)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        f.write_all(&data).unwrap();
-        f.flush().unwrap();
-        let mut raw = RawFile::open(f.path()).unwrap();
-        let mut backing = Vec::new();
-        // Page-aligned offset, length and memory: the direct path where it is available.
-        let buf = aligned(&mut backing, 256 << 10);
-        raw.read_at(64 << 10, buf).unwrap();
-        assert_eq!(buf, &data[64 << 10..320 << 10]);
-        // Unaligned in each way: the page-cache path.
-        let mut odd = vec![0u8; 5000];
-        raw.read_at(4097, &mut odd).unwrap();
-        assert_eq!(odd, &data[4097..9097]);
-        let buf = aligned(&mut backing, 4096);
-        raw.read_at(1 << 20, &mut buf[..123]).unwrap();
-        assert_eq!(&buf[..123], &data[1 << 20..]);
-    }
-
-    #[test]
-    fn aligned_read_of_a_file_that_shrank_reports_truncation() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(&vec![7u8; 1 << 20]).unwrap();
-        f.flush().unwrap();
-        let mut raw = RawFile::open(f.path()).unwrap();
-        f.as_file().set_len(256 << 10).unwrap();
-        let mut backing = Vec::new();
-        let buf = aligned(&mut backing, 512 << 10);
-        let err = raw.read_at(0, buf).unwrap_err();
-        assert!(
-            matches!(err, IngestError::Truncated { .. }),
-            "expected a truncation error, got {err}"
-        );
-    }
 
     #[test]
     fn holes_are_reported_unallocated() {

@@ -10,16 +10,9 @@ pub struct Segment {
     /// Length of the segment in bytes (the last one may be short).
     pub len: u64,
     /// The segment's allocation map, in disk offsets, covering it exactly. The bytes of
-    /// `Data` extents are in the buffer at `data_start + extent.offset - segment.offset`.
+    /// `Data` extents are in the buffer at `extent.offset - segment.offset`.
     pub extents: Vec<Extent>,
-    /// Where the segment's first byte is in the buffer: a reader may start it a little
-    /// way in so that the data is page-aligned in memory (for direct I/O).
-    pub data_start: usize,
 }
-
-/// Memory alignment [`Sequential`] gives segment data, so sources can read with
-/// `O_DIRECT` straight into the buffer.
-pub const BUFFER_ALIGN: usize = 4096;
 
 /// A disk read front to back in aligned segments. Streams (stdin, XVA) implement this
 /// directly; random-access formats get it from [`Sequential`].
@@ -70,10 +63,9 @@ impl<S: DiskSource> SequentialDisk for Sequential<S> {
         let offset = self.next;
         let len = (size - offset).min(segment_size as u64);
         let extents = self.source.extents(offset, len)?;
-        buf.resize(len as usize + BUFFER_ALIGN, 0);
-        let data_start = buf.as_ptr().align_offset(BUFFER_ALIGN).min(BUFFER_ALIGN);
+        buf.resize(len as usize, 0);
         for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
-            let start = data_start + (e.offset - offset) as usize;
+            let start = (e.offset - offset) as usize;
             self.source
                 .read_at(e.offset, &mut buf[start..start + e.len as usize])?;
         }
@@ -82,7 +74,6 @@ impl<S: DiskSource> SequentialDisk for Sequential<S> {
             offset,
             len,
             extents,
-            data_start,
         }))
     }
 

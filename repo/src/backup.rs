@@ -343,11 +343,9 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<Seg
             ExtentKind::Zero | ExtentKind::Unallocated => gaps.push(range),
         }
     }
-    let buf = buf
-        .get_mut(seg.data_start..seg.data_start + seg.len as usize)
-        .ok_or_else(|| {
-            RepoError::Invalid("internal error: segment longer than its buffer".into())
-        })?;
+    let buf = buf.get_mut(..seg.len as usize).ok_or_else(|| {
+        RepoError::Invalid("internal error: segment longer than its buffer".into())
+    })?;
     let mut cuts: Vec<Cut> = Vec::new();
     sh.chunker
         .split_with_gaps(buf, seg.offset, &gaps, &mut cuts);

@@ -291,7 +291,6 @@ impl XvaSeqDisk {
             offset,
             len,
             extents,
-            data_start: 0,
         })
     }
 }
