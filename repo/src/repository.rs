@@ -72,12 +72,9 @@ fn crypto_err(kind: FileKind, name: &str, e: CryptoError) -> RepoError {
     RepoError::corrupt(kind, name, e.to_string())
 }
 
-/// The zstd level of new repositories (docs/PERFORMANCE.md, "Trade-offs").
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
-/// The lowest zstd level a repository may use (zstd's fastest mode).
-pub const MIN_COMPRESSION_LEVEL: i32 = -7;
-/// The highest zstd level a repository may use.
-pub const MAX_COMPRESSION_LEVEL: i32 = 22;
+pub use crate::format::config::{
+    DEFAULT_COMPRESSION_LEVEL, MAX_COMPRESSION_LEVEL, MIN_COMPRESSION_LEVEL,
+};
 
 impl Repository {
     /// Creates a new repository at an empty location, with the default zstd level

@@ -24,6 +24,13 @@ pub struct CompressionConfig {
     pub level: i32,
 }
 
+/// The zstd level of new repositories (docs/PERFORMANCE.md, "Trade-offs").
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// The lowest zstd level a config may name (zstd's fastest mode).
+pub const MIN_COMPRESSION_LEVEL: i32 = -7;
+/// The highest zstd level a config may name.
+pub const MAX_COMPRESSION_LEVEL: i32 = 22;
+
 /// The repository config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Config {
@@ -56,7 +63,7 @@ impl Config {
             },
             compression: CompressionConfig {
                 algorithm: "zstd".into(),
-                level: 3,
+                level: DEFAULT_COMPRESSION_LEVEL,
             },
             pack_size_target: 16 << 20,
             manifest_page_size: 1 << 30,
@@ -93,7 +100,9 @@ impl Config {
         self.chunker_params()
             .validate()
             .map_err(|e| DecodeError::new(e.to_string()))?;
-        if self.compression.algorithm != "zstd" || !(-7..=22).contains(&self.compression.level) {
+        if self.compression.algorithm != "zstd"
+            || !(MIN_COMPRESSION_LEVEL..=MAX_COMPRESSION_LEVEL).contains(&self.compression.level)
+        {
             return Err(DecodeError::new("unsupported compression settings"));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_size_target) {
