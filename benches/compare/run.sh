@@ -99,22 +99,9 @@ if [[ ! -f $CORPUS/done ]]; then
     rm -rf "$STAGE" && mkdir -p "$STAGE"
     tar -C "$STAGE" -xf "$ROOTFS_TAR"
     log "building v1 ($LOGICAL GPT image: EFI FAT32 + ext4 with the root file system)"
-    truncate -s "$LOGICAL" "$V1"
-    sgdisk -n 1:2048:+256M -t 1:ef00 -c 1:EFI -n 2:0:0 -t 2:8300 -c 2:root "$V1" >/dev/null
-    part() { sgdisk -i "$1" "$V1" | awk -v f="$2" '$1 == f && $2 == "sector:" { print $3 }'; }
-    EFI_FIRST=$(part 1 First) EFI_LAST=$(part 1 Last)
-    ROOT_FIRST=$(part 2 First) ROOT_LAST=$(part 2 Last)
-    EFI_OFFSET=$((EFI_FIRST * 512))
-    EXT4_OFFSET=$((ROOT_FIRST * 512))
-    EXT4_BYTES=$(((ROOT_LAST - ROOT_FIRST + 1) * 512 / 4096 * 4096))
-    mkfs.vfat -F 32 -s 1 -n EFI --offset="$EFI_FIRST" "$V1" $(((EFI_LAST - EFI_FIRST + 1) / 2)) >/dev/null 2>&1
-    mmd -i "$V1@@$EFI_OFFSET" ::/EFI ::/EFI/BOOT ::/EFI/debian
-    for f in "$STAGE"/rootfs/boot/vmlinuz-* "$STAGE"/rootfs/boot/initrd.img-*; do
-        [[ -f $f ]] && mcopy -i "$V1@@$EFI_OFFSET" "$f" "::/EFI/debian/$(basename "$f")"
-    done
-    mcopy -i "$V1@@$EFI_OFFSET" "$STAGE/rootfs/usr/bin/bash" ::/EFI/BOOT/BOOTX64.EFI
-    mkfs.ext4 -q -F -b 4096 -L root -d "$STAGE/rootfs" \
-        -E "offset=$EXT4_OFFSET,nodiscard,lazy_itable_init=1" "$V1" $((EXT4_BYTES / 1024))k
+    # mkimage.sh prints EXT4_OFFSET=... EXT4_BYTES=... EFI_OFFSET=... on stdout.
+    MKIMAGE_VARS=$("$ROOT/benches/mkimage.sh" "$V1" "$LOGICAL" 0 "$CORPUS" "$STAGE/rootfs")
+    eval "$MKIMAGE_VARS"
     rm -rf "$STAGE"
 
     log "building v2 (a day of changes, made on the loop-mounted file system)"
@@ -241,11 +228,11 @@ init_repo() {
     esac >"$WORK/init.log" 2>&1 || { log "$tool init failed:"; cat "$WORK/init.log" >&2; exit 1; }
 }
 
-# restore_cmd TOOL REPO DIR SRC: restores the latest snapshot into DIR (vmvault: DIR/out;
+# restore_cmd TOOL REPO DIR: restores the latest snapshot into DIR (vmvault: DIR/out;
 # the others: DIR/<the backed-up path>). borg, which extracts into the working directory,
 # is run by the loop below.
 restore_cmd() {
-    local tool=$1 repo=$2 dir=$3 src=$4
+    local tool=$1 repo=$2 dir=$3
     case $tool in
     vmvault) echo "$VMVAULT" -r "$repo" --cache-dir "$WORK/cache/vmvault" -q restore latest --vm compare --target "$dir/out" ;;
     restic) echo restic -r "$repo" --cache-dir "$WORK/cache/restic" -q restore latest --target "$dir" ;;
@@ -280,13 +267,12 @@ for fmt in $FORMATS; do
         done
         out=$WORK/restore
         rm -rf "$out" && mkdir -p "$out"
-        cmd=$(restore_cmd "$tool" "$repo" "$out" "$in/disk.$ext")
         if [[ $tool == borg ]]; then
             last=$(borg list --last 1 --format '{archive}' "$repo")
             RESTORED_ALLOC="" run "$fmt" "$tool" "restore v3" "$repo" bash -c "cd '$out' && borg extract --sparse '$repo::$last'"
         else
-            # shellcheck disable=SC2086
-            RESTORED_ALLOC="" run "$fmt" "$tool" "restore v3" "$repo" $cmd
+            # shellcheck disable=SC2046
+            RESTORED_ALLOC="" run "$fmt" "$tool" "restore v3" "$repo" $(restore_cmd "$tool" "$repo" "$out")
         fi
         restored=$out/out
         [[ $tool == vmvault ]] || restored=$out$in/disk.$ext
