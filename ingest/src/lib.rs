@@ -26,8 +26,8 @@ pub use error::IngestError;
 pub use extent::{push_merged, Extent, ExtentKind};
 pub use image_file::{ImageFile, MemFile, ReadAt};
 pub use open::{open_disk, probe_path, FileResolver, FsResolver, NoFiles, OpenOptions};
-pub use raw::{block_device_size, RawFile};
-pub use sequential::{Segment, Sequential, SequentialDisk};
+pub use raw::{block_device_size, RawFile, DIRECT_IO_ENV};
+pub use sequential::{ConcurrentSegments, Segment, Sequential, SequentialDisk};
 pub use stream::StreamDisk;
 pub use write::ImageWriter;
 
@@ -45,6 +45,21 @@ pub trait DiskSource: Send {
 
     /// A short name for the format ("raw", "block device", ...), stored in snapshots.
     fn format_name(&self) -> &'static str;
+
+    /// How far apart (in bytes) two `Data` extents may lie for a sequential reader to
+    /// fetch both, and the gap between them, with one `read_at`. 0, the default, reads
+    /// each data extent on its own. A source returns more where reading a gap is cheap
+    /// and each read waits for the device (direct I/O); reads across gaps must then
+    /// succeed, and the bytes they return for the gap are ignored.
+    fn read_gap_merge(&self) -> u64 {
+        0
+    }
+
+    /// The disk as segments several threads may read at once, where the source allows it
+    /// (see [`ConcurrentSegments`]); `None`, the default, where reads need `&mut self`.
+    fn concurrent(&self) -> Option<&dyn ConcurrentSegments> {
+        None
+    }
 }
 
 impl<T: DiskSource + ?Sized> DiskSource for Box<T> {
@@ -62,5 +77,13 @@ impl<T: DiskSource + ?Sized> DiskSource for Box<T> {
 
     fn format_name(&self) -> &'static str {
         (**self).format_name()
+    }
+
+    fn read_gap_merge(&self) -> u64 {
+        (**self).read_gap_merge()
+    }
+
+    fn concurrent(&self) -> Option<&dyn ConcurrentSegments> {
+        (**self).concurrent()
     }
 }

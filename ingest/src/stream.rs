@@ -114,6 +114,7 @@ impl<R: Read + Send> SequentialDisk for StreamDisk<R> {
                 len: filled as u64,
                 kind: ExtentKind::Data,
             }],
+            data_start: 0,
         }))
     }
 

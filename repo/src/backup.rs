@@ -32,6 +32,10 @@ use std::time::Instant;
 use vmvault_chunker::{ChunkId, Chunker, Cut, CutKind};
 use vmvault_ingest::{ExtentKind, Segment, SequentialDisk, StreamDisk};
 
+/// Threads reading segments of random-access sources at once (two reads in flight keep a
+/// device busy under direct I/O, where the kernel does no readahead for us).
+const READERS: usize = 2;
+
 /// Chunks listed per index file before a new one is started.
 const INDEX_FLUSH_ENTRIES: usize = 100_000;
 
@@ -343,9 +347,11 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<Seg
             ExtentKind::Zero | ExtentKind::Unallocated => gaps.push(range),
         }
     }
-    let buf = buf.get_mut(..seg.len as usize).ok_or_else(|| {
-        RepoError::Invalid("internal error: segment longer than its buffer".into())
-    })?;
+    let buf = buf
+        .get_mut(seg.data_start..seg.data_start + seg.len as usize)
+        .ok_or_else(|| {
+            RepoError::Invalid("internal error: segment longer than its buffer".into())
+        })?;
     let mut cuts: Vec<Cut> = Vec::new();
     sh.chunker
         .split_with_gaps(buf, seg.offset, &gaps, &mut cuts);
@@ -515,7 +521,7 @@ fn backup_disk(
         mut source,
     } = input;
     let segment_size = sh.repo.config().chunker.params.segment_size;
-    let buffers = pool.current_num_threads() + 2;
+    let buffers = pool.current_num_threads() + READERS + 1;
     let (buf_tx, buf_rx) = bounded::<Vec<u8>>(buffers);
     for _ in 0..buffers {
         let _ = buf_tx.send(Vec::new());
@@ -524,30 +530,78 @@ fn backup_disk(
     let format = source.format_name().to_string();
     let (root, size, totals) = std::thread::scope(|s| {
         let collector = s.spawn(|| collect(sh, res_rx, segment_size, slot));
-        let read_result: Result<()> = pool.in_place_scope(|scope| loop {
-            if sh.aborted() {
-                return Ok(());
-            }
-            let Ok(mut buf) = buf_rx.recv() else {
-                return Ok(());
-            };
-            let seg = match source.next_segment(segment_size as usize, &mut buf) {
-                Ok(Some(seg)) => seg,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(RepoError::from(e)),
-            };
-            let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
-            scope.spawn(move |_| {
-                let mut buf = buf;
-                let r = if sh.aborted() {
-                    Err(RepoError::Invalid("backup aborted".into()))
-                } else {
-                    process_segment(sh, &seg, &mut buf)
+        // Random-access sources are read by READERS threads of their own, each taking the
+        // next segment: with direct I/O a single reader would leave the device idle while
+        // it waits, and reading in the workers would leave a core idle instead.
+        let read_result: Result<()> = if let Some(disk) = source.concurrent() {
+            let size = disk.size();
+            let next = AtomicU64::new(0);
+            pool.in_place_scope(|scope| {
+                std::thread::scope(|readers| {
+                    for _ in 0..READERS {
+                        let (buf_rx, buf_tx, res_tx, next) = (&buf_rx, &buf_tx, &res_tx, &next);
+                        readers.spawn(move || {
+                            while !sh.aborted() {
+                                let Ok(mut buf) = buf_rx.recv() else {
+                                    return;
+                                };
+                                let offset = next.fetch_add(segment_size, Ordering::Relaxed);
+                                if offset >= size {
+                                    let _ = buf_tx.send(buf);
+                                    return;
+                                }
+                                let len = (size - offset).min(segment_size);
+                                let seg = match disk.read_segment(offset, len, &mut buf) {
+                                    Ok(seg) => seg,
+                                    Err(e) => {
+                                        let _ = buf_tx.send(buf);
+                                        let _ = res_tx.send(Err(RepoError::from(e)));
+                                        return;
+                                    }
+                                };
+                                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
+                                scope.spawn(move |_| {
+                                    let mut buf = buf;
+                                    let r = if sh.aborted() {
+                                        Err(RepoError::Invalid("backup aborted".into()))
+                                    } else {
+                                        process_segment(sh, &seg, &mut buf)
+                                    };
+                                    let _ = buf_tx.send(buf);
+                                    let _ = res_tx.send(r);
+                                });
+                            }
+                        });
+                    }
+                });
+                Ok(())
+            })
+        } else {
+            pool.in_place_scope(|scope| loop {
+                if sh.aborted() {
+                    return Ok(());
+                }
+                let Ok(mut buf) = buf_rx.recv() else {
+                    return Ok(());
                 };
-                let _ = buf_tx.send(buf);
-                let _ = res_tx.send(r);
-            });
-        });
+                let seg = match source.next_segment(segment_size as usize, &mut buf) {
+                    Ok(Some(seg)) => seg,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(RepoError::from(e)),
+                };
+                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
+                scope.spawn(move |_| {
+                    let mut buf = buf;
+                    let r = if sh.aborted() {
+                        Err(RepoError::Invalid("backup aborted".into()))
+                    } else {
+                        process_segment(sh, &seg, &mut buf)
+                    };
+                    let _ = buf_tx.send(buf);
+                    let _ = res_tx.send(r);
+                });
+            })
+        };
         if let Err(e) = read_result {
             sh.fail(e);
         }

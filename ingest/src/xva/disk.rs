@@ -291,6 +291,7 @@ impl XvaSeqDisk {
             offset,
             len,
             extents,
+            data_start: 0,
         })
     }
 }
