@@ -9,6 +9,7 @@ machine_limits measured in the same run."""
 
 import argparse
 import csv
+import statistics
 import datetime
 import os
 import platform
@@ -32,6 +33,35 @@ def cpu_model():
     return platform.processor() or "unknown CPU"
 
 
+NUMERIC = ("wall_s", "user_s", "sys_s", "peak_rss_mib", "repo_bytes", "restored_allocated_bytes")
+
+
+def median_rows(raw):
+    """One row per (format, tool, step): the median of each number over the rounds, plus
+    `wall_min`/`wall_max`. Returns the rows (in first-seen order) and the round count."""
+    groups = {}
+    for r in raw:
+        groups.setdefault((r["format"], r["tool"], r["step"]), []).append(r)
+    out = []
+    for (fmt, tool, step), rs in groups.items():
+        m = {"format": fmt, "tool": tool, "step": step}
+        for k in NUMERIC:
+            vals = sorted(float(r[k]) for r in rs if r.get(k, "") != "")
+            if not vals:
+                m[k] = ""
+            elif k == "peak_rss_mib":
+                m[k] = str(round(max(vals)))  # the worst round: a memory claim is a bound
+            elif k.endswith("_s"):
+                m[k] = f"{statistics.median(vals):.2f}"
+            else:
+                m[k] = str(round(statistics.median(vals)))
+        walls = [float(r["wall_s"]) for r in rs]
+        m["wall_min"], m["wall_max"], m["n"] = min(walls), max(walls), len(rs)
+        out.append(m)
+    rounds = max((len(rs) for rs in groups.values()), default=1)
+    return out, rounds
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
@@ -49,7 +79,7 @@ def main():
     ap.add_argument("--gnuplot", required=True)
     a = ap.parse_args()
 
-    rows = list(csv.DictReader(open(a.csv)))
+    rows, rounds = median_rows(list(csv.DictReader(open(a.csv))))
     lim = {}
     for line in open(a.limits):
         k, v = line.split()
@@ -66,7 +96,8 @@ def main():
 
     out = []
     w = out.append
-    w(f"# vmvault against restic, borg and rustic: one run, {datetime.datetime.utcnow():%Y-%m-%dT%H:%MZ}")
+    runs = "one run" if rounds == 1 else f"one run of {rounds} rounds, medians"
+    w(f"# vmvault against restic, borg and rustic: {runs}, {datetime.datetime.utcnow():%Y-%m-%dT%H:%MZ}")
     w("")
     w(f"Machine: {a.cores} cores ({cpu_model()}), load average at the end "
       f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; page cache dropped before every step: {a.cold}.")
@@ -79,7 +110,7 @@ def main():
         w("Files on disk (allocated MiB): " + ", ".join(
             f"{k} {mib(v):.0f}" for k, v in (s.split("=") for s in a.sizes.split())))
     w("")
-    w("Regenerate: `sudo benches/compare/run.sh` (see the script's header for knobs).")
+    w("Regenerate: `sudo REPEAT=3 benches/compare/run.sh` (see the script's header for knobs).")
     w("")
 
     w("## Summary: how many times faster vmvault is than the fastest peer, and its repository size relative to the smallest peer's")
@@ -104,7 +135,7 @@ def main():
     for fmt in dict.fromkeys(r["format"] for r in rows):
         w(f"## {fmt}")
         w("")
-        w("| step | tool | wall s | CPU s | peak RSS MiB | repo MiB | wall x fastest peer | repo x smallest peer |")
+        w("| step | tool | wall s" + (" (range)" if rounds > 1 else "") + " | CPU s | peak RSS MiB | repo MiB | wall x fastest peer | repo x smallest peer |")
         w("|---|---|---|---|---|---|---|---|")
         for step in STEPS:
             peers = [get(fmt, t, step) for t in PEERS]
@@ -123,7 +154,8 @@ def main():
                 extra = ""
                 if step.startswith("restore") and r.get("restored_allocated_bytes"):
                     extra = f" (output {mib(r['restored_allocated_bytes']):.0f} MiB allocated)"
-                w(f"| {step}{extra} | {name} | {wall:.2f} | {cpu:.2f} | {r['peak_rss_mib']} | "
+                spread = f" ({r['wall_min']:.2f}–{r['wall_max']:.2f})" if r["n"] > 1 else ""
+                w(f"| {step}{extra} | {name} | {wall:.2f}{spread} | {cpu:.2f} | {r['peak_rss_mib']} | "
                   f"{mib(r['repo_bytes']):.1f} | {rw} | {rr} |")
         w("")
 

@@ -23,6 +23,9 @@
 # Knobs (defaults): WORKROOT=/var/tmp RESULTS=<repo>/benches/results LOGICAL=8G PAGES=300
 # FORMATS="raw qcow2 vmdk" TOOLS="vmvault restic borg rustic" SUITE=bookworm
 # MIRROR=http://deb.debian.org/debian ZSTD_LEVEL=3 (the peers' zstd level)
+# REPEAT=1: rounds of step 4, each in fresh repositories; the report gives every step's
+# median (and the range of its wall times). Rounds alternate over formats and tools, so
+# a stall of a shared machine hits one sample of one tool, not a whole column.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -35,6 +38,7 @@ TOOLS=${TOOLS:-vmvault restic borg rustic}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 ZSTD_LEVEL=${ZSTD_LEVEL:-3}
+REPEAT=${REPEAT:-1}
 BASE=$WORKROOT/vmvault-compare
 CORPUS=$BASE/corpus
 PEERS=$BASE/peers
@@ -188,7 +192,8 @@ export RESTIC_PASSWORD=compare-password BORG_PASSPHRASE=compare-password \
 export BORG_BASE_DIR=$WORK/borg-base BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
     BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 CSV=$WORK/compare.csv
-echo "format,tool,step,wall_s,user_s,sys_s,peak_rss_mib,repo_bytes,restored_allocated_bytes" >"$CSV"
+echo "round,format,tool,step,wall_s,user_s,sys_s,peak_rss_mib,repo_bytes,restored_allocated_bytes" >"$CSV"
+ROUND=1
 
 # run FORMAT TOOL STEP REPO CMD...: times CMD with a cold page cache, appends a CSV row.
 run() {
@@ -202,7 +207,7 @@ run() {
     fi
     local wall user sys rss
     read -r wall user sys rss <"$WORK/time.txt"
-    echo "$fmt,$tool,$step,$wall,$user,$sys,$((rss / 1024)),$(du -sb "$repo" | cut -f1),${RESTORED_ALLOC:-}" >>"$CSV"
+    echo "$ROUND,$fmt,$tool,$step,$wall,$user,$sys,$((rss / 1024)),$(du -sb "$repo" | cut -f1),${RESTORED_ALLOC:-}" >>"$CSV"
     log "$(printf '%-6s %-8s %-10s %7.2f s wall %7.2f s CPU %5d MiB' "$fmt" "$tool" "$step" "$wall" \
         "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" $((rss / 1024)))"
 }
@@ -252,6 +257,7 @@ rm -f "$ALLOC"
 lim() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/limits.txt"; }
 
 # --- the runs ---------------------------------------------------------------------------
+for ROUND in $(seq "$REPEAT"); do
 for fmt in $FORMATS; do
     case $fmt in raw) ext=img ;; qcow2) ext=qcow2 ;; vmdk) ext=vmdk ;; *) log "unknown format $fmt"; exit 2 ;; esac
     for tool in $TOOLS; do
@@ -284,10 +290,11 @@ for fmt in $FORMATS; do
         fi
         alloc=$(du -B1 "$restored" | cut -f1)
         sed -i '$ s/,$/,'"$alloc"'/' "$CSV"
-        rm -rf "$out" "$in"
-        [[ $fmt == raw && $tool == vmvault ]] || rm -rf "$repo"
+        rm -rf "$out" "$in" "$repo"
     done
 done
+done
+ROUND=1
 
 # Scaling: vmvault's full backup of v1 (raw) on 1 core and on all cores (taskset; the
 # worker count follows the CPUs the process may use).

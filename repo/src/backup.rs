@@ -509,6 +509,29 @@ fn collect(
     Ok((root, size, totals))
 }
 
+/// Chunks `seg` (read into `buf`) on the worker pool, then returns the buffer to the pool
+/// of free buffers and the result to the collector.
+fn spawn_segment<'s>(
+    scope: &rayon::Scope<'s>,
+    sh: &'s Shared<'s>,
+    seg: Segment,
+    buf: Vec<u8>,
+    buf_tx: &Sender<Vec<u8>>,
+    res_tx: &Sender<Result<SegmentResult>>,
+) {
+    let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
+    scope.spawn(move |_| {
+        let mut buf = buf;
+        let r = if sh.aborted() {
+            Err(RepoError::Invalid("backup aborted".into()))
+        } else {
+            process_segment(sh, &seg, &mut buf)
+        };
+        let _ = buf_tx.send(buf);
+        let _ = res_tx.send(r);
+    });
+}
+
 fn backup_disk(
     sh: &Shared<'_>,
     pool: &rayon::ThreadPool,
@@ -559,17 +582,7 @@ fn backup_disk(
                                         return;
                                     }
                                 };
-                                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
-                                scope.spawn(move |_| {
-                                    let mut buf = buf;
-                                    let r = if sh.aborted() {
-                                        Err(RepoError::Invalid("backup aborted".into()))
-                                    } else {
-                                        process_segment(sh, &seg, &mut buf)
-                                    };
-                                    let _ = buf_tx.send(buf);
-                                    let _ = res_tx.send(r);
-                                });
+                                spawn_segment(scope, sh, seg, buf, buf_tx, res_tx);
                             }
                         });
                     }
@@ -589,17 +602,7 @@ fn backup_disk(
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(RepoError::from(e)),
                 };
-                let (buf_tx, res_tx) = (buf_tx.clone(), res_tx.clone());
-                scope.spawn(move |_| {
-                    let mut buf = buf;
-                    let r = if sh.aborted() {
-                        Err(RepoError::Invalid("backup aborted".into()))
-                    } else {
-                        process_segment(sh, &seg, &mut buf)
-                    };
-                    let _ = buf_tx.send(buf);
-                    let _ = res_tx.send(r);
-                });
+                spawn_segment(scope, sh, seg, buf, &buf_tx, &res_tx);
             })
         };
         if let Err(e) = read_result {
