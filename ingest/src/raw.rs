@@ -458,7 +458,7 @@ mod tests {
         f.seek(SeekFrom::Start(5 << 20)).unwrap();
         f.write_all(&[0xcd; 4096]).unwrap();
         f.flush().unwrap();
-        let mut raw = RawFile::open_with(f.path(), true).unwrap();
+        let mut raw = RawFile::open(f.path()).unwrap();
         assert_eq!(DiskSource::size(&raw), 8 << 20);
         let ext = raw.extents(0, 8 << 20).unwrap();
         let data: u64 = ext
@@ -482,7 +482,7 @@ mod tests {
     fn shrinking_file_is_reported_truncated() {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(1 << 20).unwrap();
-        let mut raw = RawFile::open_with(f.path(), true).unwrap();
+        let mut raw = RawFile::open(f.path()).unwrap();
         f.as_file().set_len(4096).unwrap();
         let mut buf = vec![0u8; 8192];
         let err = raw.read_at(0, &mut buf).unwrap_err();

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmvault_chunker::{ChunkId, Chunker, Cut, CutKind};
-use vmvault_ingest::{ExtentKind, Segment, SequentialDisk, StreamDisk};
+use vmvault_ingest::{ConcurrentSegments, ExtentKind, Segment, SequentialDisk, StreamDisk};
 
 /// Threads reading segments of random-access sources at once (two reads in flight keep a
 /// device busy under direct I/O, where the kernel does no readahead for us).
@@ -509,6 +509,52 @@ fn collect(
     Ok((root, size, totals))
 }
 
+/// Hands out the segments of a disk that several threads may read at once, front to back.
+struct SegmentQueue<'d> {
+    disk: &'d dyn ConcurrentSegments,
+    size: u64,
+    segment_size: u64,
+    next: AtomicU64,
+}
+
+impl SegmentQueue<'_> {
+    /// The next segment's offset and length, or `None` past the end.
+    fn take(&self) -> Option<(u64, u64)> {
+        let offset = self.next.fetch_add(self.segment_size, Ordering::Relaxed);
+        (offset < self.size).then(|| (offset, (self.size - offset).min(self.segment_size)))
+    }
+}
+
+/// One reader thread of a [`SegmentQueue`]: takes a free buffer and the next segment, reads
+/// it and hands it to the pool, until the disk ends or the backup stops. A read error goes
+/// to the collector, as a chunking error does.
+fn read_segments<'s>(
+    scope: &rayon::Scope<'s>,
+    sh: &'s Shared<'s>,
+    queue: &SegmentQueue<'s>,
+    buf_rx: &Receiver<Vec<u8>>,
+    buf_tx: &Sender<Vec<u8>>,
+    res_tx: &Sender<Result<SegmentResult>>,
+) {
+    while !sh.aborted() {
+        let Ok(mut buf) = buf_rx.recv() else {
+            return;
+        };
+        let Some((offset, len)) = queue.take() else {
+            let _ = buf_tx.send(buf);
+            return;
+        };
+        match queue.disk.read_segment(offset, len, &mut buf) {
+            Ok(seg) => spawn_segment(scope, sh, seg, buf, buf_tx, res_tx),
+            Err(e) => {
+                let _ = buf_tx.send(buf);
+                let _ = res_tx.send(Err(RepoError::from(e)));
+                return;
+            }
+        }
+    }
+}
+
 /// Chunks `seg` (read into `buf`) on the worker pool, then returns the buffer to the pool
 /// of free buffers and the result to the collector.
 fn spawn_segment<'s>(
@@ -557,34 +603,18 @@ fn backup_disk(
         // next segment: with direct I/O a single reader would leave the device idle while
         // it waits, and reading in the workers would leave a core idle instead.
         let read_result: Result<()> = if let Some(disk) = source.concurrent() {
-            let size = disk.size();
-            let next = AtomicU64::new(0);
+            let queue = SegmentQueue {
+                disk,
+                size: disk.size(),
+                segment_size,
+                next: AtomicU64::new(0),
+            };
             pool.in_place_scope(|scope| {
                 std::thread::scope(|readers| {
                     for _ in 0..READERS {
-                        let (buf_rx, buf_tx, res_tx, next) = (&buf_rx, &buf_tx, &res_tx, &next);
-                        readers.spawn(move || {
-                            while !sh.aborted() {
-                                let Ok(mut buf) = buf_rx.recv() else {
-                                    return;
-                                };
-                                let offset = next.fetch_add(segment_size, Ordering::Relaxed);
-                                if offset >= size {
-                                    let _ = buf_tx.send(buf);
-                                    return;
-                                }
-                                let len = (size - offset).min(segment_size);
-                                let seg = match disk.read_segment(offset, len, &mut buf) {
-                                    Ok(seg) => seg,
-                                    Err(e) => {
-                                        let _ = buf_tx.send(buf);
-                                        let _ = res_tx.send(Err(RepoError::from(e)));
-                                        return;
-                                    }
-                                };
-                                spawn_segment(scope, sh, seg, buf, buf_tx, res_tx);
-                            }
-                        });
+                        let (queue, buf_rx, buf_tx, res_tx) = (&queue, &buf_rx, &buf_tx, &res_tx);
+                        readers
+                            .spawn(move || read_segments(scope, sh, queue, buf_rx, buf_tx, res_tx));
                     }
                 });
                 Ok(())

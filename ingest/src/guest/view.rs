@@ -196,9 +196,9 @@ impl Write for VolumeCursor {
 ///
 /// Small reads go through a read-around cache of [`VIEW_BLOCK`]-sized, page-aligned
 /// blocks ([`VIEW_CACHE_BLOCKS`] of them, least recently used evicted): a file-system
-/// walk reads the same metadata blocks again and again in small pieces, and while the
-/// backup reads the disk with direct I/O the page cache does not hold them. One aligned
-/// block read replaces dozens of small reads, and the source can serve it with direct I/O.
+/// walk (`ext4-view` keeps only a few blocks) reads the same metadata again and again in
+/// small pieces. One aligned block read replaces dozens of small reads and copies, and a
+/// source reading with direct I/O can serve it without the page cache.
 pub struct DiskSourceView {
     inner: std::sync::Mutex<ViewState>,
     size: u64,
