@@ -22,6 +22,7 @@ pub mod prune;
 pub mod repair;
 pub mod repository;
 pub mod restore;
+mod restore_target;
 pub mod stats;
 pub mod sync;
 pub mod walk;

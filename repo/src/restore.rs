@@ -14,23 +14,21 @@ use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
 use crate::format::snapshot::SnapshotDisk;
 use crate::repository::{io_err, Repository};
+use crate::restore_target::{AlignedBuf, Target, BLOCK};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use vmvault_chunker::{is_zero, ChunkId};
+use vmvault_chunker::ChunkId;
 
-/// Logical bytes per parallel batch.
-const BATCH_BYTES: u64 = 16 << 20;
+/// Largest disk range of one parallel batch (each worker holds one range's buffer).
+const BATCH_BYTES: u64 = 8 << 20;
 /// Largest gap between two blobs of one pack that is read through rather than split.
 const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single ranged read.
 const MAX_READ: u64 = 32 << 20;
-/// Granularity at which zero blocks are left as holes.
-const HOLE_BLOCK: usize = 4096;
 
 /// Live counters of a restore.
 #[derive(Default, Debug)]
@@ -128,117 +126,6 @@ pub fn load_page(
         .collect())
 }
 
-/// The output of a restore: a sparse file or a block device.
-struct Target {
-    file: File,
-    sparse: bool,
-    path: String,
-}
-
-impl Target {
-    fn open(path: &Path, size: u64, opts: &RestoreOptions) -> Result<Self> {
-        let shown = path.display().to_string();
-        let err = |e| RepoError::Target {
-            path: shown.clone(),
-            source: e,
-        };
-        let meta = std::fs::metadata(path);
-        let is_block = meta.as_ref().is_ok_and(|m| m.file_type().is_block_device());
-        if is_block {
-            if !opts.overwrite {
-                return Err(RepoError::Invalid(format!(
-                    "{shown} is a block device; writing onto it replaces its contents (use --overwrite)"
-                )));
-            }
-            let file = OpenOptions::new().write(true).open(path).map_err(err)?;
-            let dev_size = vmvault_ingest::block_device_size(&file).map_err(err)?;
-            if dev_size < size {
-                return Err(RepoError::Invalid(format!(
-                    "block device {shown} has {dev_size} bytes, the disk needs {size}"
-                )));
-            }
-            return Ok(Target {
-                file,
-                sparse: false,
-                path: shown,
-            });
-        }
-        if let Ok(m) = &meta {
-            if !m.is_file() {
-                return Err(RepoError::Invalid(format!(
-                    "{shown} exists and is not a regular file or block device"
-                )));
-            }
-            if m.len() > 0 && !opts.overwrite {
-                return Err(RepoError::Invalid(format!(
-                    "{shown} exists; refusing to overwrite it (use --overwrite)"
-                )));
-            }
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(err)?;
-        file.set_len(size).map_err(err)?;
-        Ok(Target {
-            file,
-            sparse: true,
-            path: shown,
-        })
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let err = |e| RepoError::Target {
-            path: self.path.clone(),
-            source: e,
-        };
-        if !self.sparse {
-            return self.file.write_all_at(data, offset).map_err(err);
-        }
-        // Leave aligned all-zero blocks as holes; write the rest in runs.
-        let mut run_start: Option<usize> = None;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let boundary = HOLE_BLOCK - ((offset + pos as u64) % HOLE_BLOCK as u64) as usize;
-            let end = (pos + boundary).min(data.len());
-            let zero = end - pos == HOLE_BLOCK && is_zero(&data[pos..end]);
-            match (zero, run_start) {
-                (false, None) => run_start = Some(pos),
-                (true, Some(s)) => {
-                    self.file
-                        .write_all_at(&data[s..pos], offset + s as u64)
-                        .map_err(err)?;
-                    run_start = None;
-                }
-                _ => {}
-            }
-            pos = end;
-        }
-        if let Some(s) = run_start {
-            self.file
-                .write_all_at(&data[s..], offset + s as u64)
-                .map_err(err)?;
-        }
-        Ok(())
-    }
-
-    fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
-        if self.sparse {
-            return Ok(());
-        }
-        let zeros = vec![0u8; (1 << 20).min(len as usize)];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.write(offset + done, &zeros[..n])?;
-            done += n as u64;
-        }
-        Ok(())
-    }
-}
-
 /// Buffers one restore worker reuses for every read, so restoring does not page-fault
 /// fresh memory for each range.
 struct Scratch {
@@ -247,13 +134,15 @@ struct Scratch {
     decompressor: zstd::bulk::Decompressor<'static>,
 }
 
-/// Fetches and writes one batch: groups chunks by pack, coalesces neighbours.
+/// Fetches one batch's chunks and hands each, verified, to `put`, which places it and
+/// returns how many of its bytes it placed (counted as done and written). Chunks are
+/// grouped by pack, and neighbouring blobs are read with one ranged read.
 fn restore_batch(
     repo: &Repository,
     cache: &IndexCache,
     batch: &[Placed],
     progress: &RestoreProgress,
-    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<()>,
+    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<u64>,
 ) -> Result<u64> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
@@ -281,7 +170,7 @@ fn restore_batch_with(
     batch: &[Placed],
     progress: &RestoreProgress,
     scratch: &mut Scratch,
-    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<()>,
+    put: &mut dyn FnMut(&Placed, &[u8]) -> Result<u64>,
 ) -> Result<u64> {
     let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkLocation, Placed)>> = BTreeMap::new();
     for p in batch {
@@ -351,11 +240,9 @@ fn restore_batch_with(
                             format!("chunk {} has the wrong length for its place", placed.id),
                         ));
                     }
-                    put(placed, plain)?;
-                    written += plain.len() as u64;
-                    progress
-                        .done
-                        .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                    let placed_bytes = put(placed, plain)?;
+                    written += placed_bytes;
+                    progress.done.fetch_add(placed_bytes, Ordering::Relaxed);
                 }
                 k = same;
             }
@@ -402,7 +289,7 @@ pub fn restore_disk(
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
     let root = load_root(repo, cache, disk)?;
-    let target = Target::open(path, root.disk_size, opts)?;
+    let target = Target::open(path, root.disk_size, opts.overwrite)?;
     let threads = worker_count(repo, opts);
     let mut summary = RestoreSummary {
         logical_bytes: root.disk_size,
@@ -416,7 +303,7 @@ pub fn restore_disk(
     // A stream, not windows: this thread walks the manifest pages and hands batches to
     // `threads` workers through a short queue, so no worker waits for the slowest batch
     // of a window (pack reads that wait on a disk or a network vary a lot).
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<Placed>>(threads * 2);
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(threads * 2);
     let written = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<RepoError>> = Mutex::new(None);
@@ -428,10 +315,11 @@ pub fn restore_disk(
         stop.store(true, Ordering::SeqCst);
     };
     // Writeback hints run on a thread of their own: `sync_file_range` submits the I/O
-    // itself and took up to 0.12 s per call, time the manifest walk must not lose.
+    // itself and took up to 0.12 s per call, time the manifest walk must not lose. (With
+    // direct writes there is nothing to write back and the hints return at once.)
     let (wb_tx, wb_rx) = crossbeam_channel::bounded::<u64>(1);
     std::thread::scope(|s| {
-        let file = &target.file;
+        let file = target.file();
         s.spawn(move || {
             for upto in wb_rx {
                 start_writeback(file, upto);
@@ -441,6 +329,7 @@ pub fn restore_disk(
             let rx = rx.clone();
             let (target, written, stop, fail) = (&target, &written, &stop, &fail);
             s.spawn(move || {
+                let mut buf = AlignedBuf::default();
                 for batch in rx {
                     if stop.load(Ordering::Relaxed) {
                         continue;
@@ -449,9 +338,7 @@ pub fn restore_disk(
                         fail(RepoError::Interrupted);
                         continue;
                     }
-                    match restore_batch(repo, cache, &batch, progress, &mut |p, data| {
-                        target.write(p.offset, data)
-                    }) {
+                    match restore_range(repo, cache, &batch, progress, target, &mut buf) {
                         Ok(n) => {
                             written.fetch_add(n, Ordering::Relaxed);
                         }
@@ -472,19 +359,68 @@ pub fn restore_disk(
         return Err(e);
     }
     summary.data_bytes = written.into_inner();
-    target.file.sync_all().map_err(|e| RepoError::Target {
-        path: target.path.clone(),
-        source: e,
-    })?;
+    target.finish()?;
     summary.fetched_bytes = progress.fetched.load(Ordering::Relaxed);
     Ok(summary)
 }
 
+/// One unit of a restore's parallel work: the disk range `[start, end)` that this batch
+/// alone writes, and every data entry that overlaps it. `start` is a multiple of
+/// [`BLOCK`], and so is `end` unless it is the disk's end, so no two batches share a block
+/// (which direct writes need). An entry across the boundary of two neighbouring batches
+/// is in both; each decodes it and writes its own part.
+struct Batch {
+    start: u64,
+    end: u64,
+    placed: Vec<Placed>,
+}
+
+/// Decodes one batch into `buf` and writes its range; returns the data bytes written.
+fn restore_range(
+    repo: &Repository,
+    cache: &IndexCache,
+    batch: &Batch,
+    progress: &RestoreProgress,
+    target: &Target,
+    buf: &mut AlignedBuf,
+) -> Result<u64> {
+    let span = (batch.end - batch.start) as usize;
+    let out = buf.get(span.next_multiple_of(BLOCK as usize));
+    // Zero what no entry covers: small zero ranges inside the batch, and the padding
+    // past the disk's end.
+    let mut covered = 0usize;
+    for p in &batch.placed {
+        let (from, to) = clip(p, batch);
+        if from > covered {
+            out[covered..from].fill(0);
+        }
+        covered = covered.max(to);
+    }
+    out[covered..].fill(0);
+    let written = restore_batch(repo, cache, &batch.placed, progress, &mut |p, data| {
+        let (from, to) = clip(p, batch);
+        let skip = (batch.start + from as u64).saturating_sub(p.offset) as usize;
+        out[from..to].copy_from_slice(&data[skip..skip + (to - from)]);
+        Ok((to - from) as u64)
+    })?;
+    target.write_range(batch.start, batch.end, out)?;
+    Ok(written)
+}
+
+/// The part of `p` inside `batch`, as positions in the batch's buffer.
+fn clip(p: &Placed, batch: &Batch) -> (usize, usize) {
+    let from = p.offset.clamp(batch.start, batch.end) - batch.start;
+    let to = (p.offset + u64::from(p.len)).clamp(batch.start, batch.end) - batch.start;
+    (from as usize, to as usize)
+}
+
 /// Walks the manifest pages in order: writes zero and unallocated ranges itself, and
-/// sends the data entries to the workers in batches of [`BATCH_BYTES`], and every
-/// [`WRITEBACK_BYTES`] offers `writeback` the disk offset reached (dropped when the
-/// writeback thread is still busy: the next offer covers it). Stops early, without error,
-/// once `stop` is set or the workers are gone (their failure is recorded by them).
+/// sends the data entries to the workers as [`Batch`]es of at most [`BATCH_BYTES`] (plus
+/// one chunk), cut at block boundaries and around every zero range that holds a whole
+/// block; every [`WRITEBACK_BYTES`] it offers `writeback` the disk offset reached (dropped
+/// when the writeback thread is still busy: the next offer covers it). Stops early,
+/// without error, once `stop` is set or the workers are gone (their failure is recorded
+/// by them).
 #[allow(clippy::too_many_arguments)]
 fn send_batches(
     repo: &Repository,
@@ -492,50 +428,143 @@ fn send_batches(
     root: &ManifestRoot,
     target: &Target,
     progress: &RestoreProgress,
-    tx: &crossbeam_channel::Sender<Vec<Placed>>,
+    tx: &crossbeam_channel::Sender<Batch>,
     writeback: &crossbeam_channel::Sender<u64>,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut batch: Vec<Placed> = Vec::new();
-    let mut batch_bytes = 0u64;
+    let mut batcher = Batcher::new(root.disk_size, BATCH_BYTES);
     let mut since_writeback = 0u64;
+    // False once the workers are gone.
+    let mut send = |batch: Batch| -> bool {
+        since_writeback += batch.end - batch.start;
+        let start = batch.start;
+        let sent = tx.send(batch).is_ok();
+        if since_writeback >= WRITEBACK_BYTES {
+            let _ = writeback.try_send(start);
+            since_writeback = 0;
+        }
+        sent
+    };
     for i in 0..root.pages.len() {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         for (offset, e) in load_page(repo, cache, root, i)? {
-            let id = match e.kind {
-                EntryKind::Data(id) => id,
+            let len = u64::from(e.len);
+            let full = match e.kind {
+                EntryKind::Data(id) => batcher.data(Placed {
+                    offset,
+                    len: e.len,
+                    id,
+                    pos: 0,
+                }),
                 EntryKind::Zero | EntryKind::Unallocated => {
-                    target.write_zeros(offset, u64::from(e.len))?;
-                    progress.done.fetch_add(u64::from(e.len), Ordering::Relaxed);
-                    continue;
+                    // A device gets the whole range written with zeros here; the batches
+                    // write the same zeros at its edges, through the same page cache.
+                    target.write_zeros(offset, len)?;
+                    progress.done.fetch_add(len, Ordering::Relaxed);
+                    batcher.zero(offset, len)
                 }
             };
-            if batch_bytes >= BATCH_BYTES {
-                if tx.send(std::mem::take(&mut batch)).is_err() {
+            if let Some(batch) = full {
+                if !send(batch) {
                     return Ok(());
                 }
-                since_writeback += batch_bytes;
-                batch_bytes = 0;
-                if since_writeback >= WRITEBACK_BYTES {
-                    let _ = writeback.try_send(offset);
-                    since_writeback = 0;
-                }
             }
-            batch_bytes += u64::from(e.len);
-            batch.push(Placed {
-                offset,
-                len: e.len,
-                id,
-                pos: 0,
-            });
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
+    if let Some(batch) = batcher.finish() {
+        send(batch);
     }
     Ok(())
+}
+
+/// Cuts a disk's extents, in disk order, into [`Batch`]es: at most `max_range` bytes of
+/// disk each (plus one entry), cut at block boundaries and around every zero range that
+/// holds a whole block (those blocks belong to no batch: they stay holes).
+struct Batcher {
+    disk_size: u64,
+    max_range: u64,
+    /// The batch being filled; its `end` is set when it is cut.
+    open: Batch,
+}
+
+impl Batcher {
+    fn new(disk_size: u64, max_range: u64) -> Self {
+        Batcher {
+            disk_size,
+            max_range,
+            open: Batch {
+                start: 0,
+                end: 0,
+                placed: Vec::new(),
+            },
+        }
+    }
+
+    /// Adds the next data entry; returns a batch that is complete.
+    fn data(&mut self, p: Placed) -> Option<Batch> {
+        let mut full = None;
+        if p.offset + u64::from(p.len) - self.open.start > self.max_range {
+            let cut = p.offset / BLOCK * BLOCK;
+            if cut > self.open.start {
+                full = self.cut(cut, cut);
+            }
+        }
+        self.open.placed.push(p);
+        full
+    }
+
+    /// Adds the next zero or unallocated range; returns a batch that is complete.
+    fn zero(&mut self, offset: u64, len: u64) -> Option<Batch> {
+        let end = offset + len;
+        let inner_start = offset.next_multiple_of(BLOCK);
+        let inner_end = if end == self.disk_size {
+            end
+        } else {
+            end / BLOCK * BLOCK
+        };
+        // Partial blocks at the range's edges belong to the neighbouring batches, whose
+        // buffers hold zeros there.
+        if inner_start < inner_end {
+            self.cut(inner_start, inner_end)
+        } else {
+            None
+        }
+    }
+
+    /// The last batch, if it holds data.
+    fn finish(&mut self) -> Option<Batch> {
+        self.cut(self.disk_size, self.disk_size)
+    }
+
+    /// Ends the open batch at `end` and opens the next at `next_start`, carrying over the
+    /// entries that reach past `next_start`. Returns the ended batch unless it is empty.
+    fn cut(&mut self, end: u64, next_start: u64) -> Option<Batch> {
+        // Entries are sorted and disjoint: those after the last one that ends by
+        // `next_start` all reach past it.
+        let keep = self
+            .open
+            .placed
+            .iter()
+            .rposition(|p| p.offset + u64::from(p.len) <= next_start)
+            .map_or(0, |i| i + 1);
+        let carry = self.open.placed[keep..].to_vec();
+        let mut full = std::mem::replace(
+            &mut self.open,
+            Batch {
+                start: next_start,
+                end: 0,
+                placed: carry,
+            },
+        );
+        full.end = end;
+        // An entry that starts at or past `end` (after a data cut inside the block
+        // before it) belongs to the next batch only.
+        let inside = full.placed.partition_point(|p| p.offset < end);
+        full.placed.truncate(inside);
+        (!full.placed.is_empty()).then_some(full)
+    }
 }
 
 /// Asks the kernel to start writing the file's dirty pages before `upto` (0: all of them)
@@ -623,7 +652,7 @@ pub fn restore_disk_ordered(
                         let mut buf = vec![0u8; *bytes];
                         restore_batch(repo, cache, b, progress, &mut |p, data| {
                             buf[p.pos..p.pos + data.len()].copy_from_slice(data);
-                            Ok(())
+                            Ok(data.len() as u64)
                         })?;
                         Ok(buf)
                     })
@@ -655,7 +684,103 @@ pub fn restore_disk_ordered(
 
 #[cfg(test)]
 mod tests {
-    use super::start_writeback;
+    use super::{start_writeback, Batch, Batcher, Placed, BLOCK};
+    use vmvault_chunker::ChunkId;
+
+    /// A random disk layout: data entries of all sizes (tiny ones too), zero ranges with
+    /// and without whole blocks, zero ranges next to each other, as `(offset, len, data)`.
+    fn layout(seed: u64) -> (Vec<(u64, u64, bool)>, u64) {
+        let mut x = seed | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for _ in 0..400 {
+            let len = match next(6) {
+                0 => 1 + next(5000),
+                1 => 1 + next(3 * BLOCK),
+                2 => 1 + next(2 << 20),
+                _ => 16_384 + next(300_000),
+            };
+            let data = next(3) != 0;
+            out.push((at, len, data));
+            at += len;
+        }
+        (out, at)
+    }
+
+    fn batches_of(entries: &[(u64, u64, bool)], size: u64, max_range: u64) -> Vec<Batch> {
+        let mut b = Batcher::new(size, max_range);
+        let mut out = Vec::new();
+        for &(offset, len, data) in entries {
+            let full = if data {
+                b.data(Placed {
+                    offset,
+                    len: len as u32,
+                    id: ChunkId([0; 32]),
+                    pos: 0,
+                })
+            } else {
+                b.zero(offset, len)
+            };
+            out.extend(full);
+        }
+        out.extend(b.finish());
+        out
+    }
+
+    /// Batches never share a block, start on block boundaries, hold every data entry that
+    /// overlaps their range, and together cover every data byte exactly once.
+    #[test]
+    fn batches_cover_every_data_byte_once_without_sharing_a_block() {
+        for seed in 1..40u64 {
+            let (entries, size) = layout(seed * 0x9e37_79b9);
+            let max_range = [BLOCK, 100_000, 1 << 20, 8 << 20][seed as usize % 4];
+            let batches = batches_of(&entries, size, max_range);
+            let mut last_end = 0;
+            for b in &batches {
+                assert_eq!(b.start % BLOCK, 0, "seed {seed}");
+                assert!(b.end % BLOCK == 0 || b.end == size, "seed {seed}");
+                assert!(b.start < b.end && b.start >= last_end, "seed {seed}");
+                assert!(b.end - b.start <= max_range + 2 * (2 << 20) + BLOCK);
+                last_end = b.end;
+                for &(offset, len, data) in &entries {
+                    let overlaps = offset < b.end && offset + len > b.start;
+                    let held = b.placed.iter().any(|p| p.offset == offset);
+                    if data {
+                        assert_eq!(
+                            overlaps,
+                            held,
+                            "seed {seed}: entry at {offset}+{len} batch {}..{} {:?}",
+                            b.start,
+                            b.end,
+                            b.placed
+                                .iter()
+                                .map(|p| (p.offset, p.len))
+                                .collect::<Vec<_>>()
+                        );
+                    } else {
+                        assert!(!held);
+                    }
+                }
+            }
+            for &(offset, len, data) in entries.iter().filter(|e| e.2) {
+                let covered: u64 = batches
+                    .iter()
+                    .map(|b| {
+                        (offset + len)
+                            .min(b.end)
+                            .saturating_sub(offset.max(b.start))
+                    })
+                    .sum();
+                assert_eq!(covered, len, "seed {seed}: entry at {offset} ({data})");
+            }
+        }
+    }
     use std::io::{Read, Seek, SeekFrom, Write};
 
     #[test]
