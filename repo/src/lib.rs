@@ -1,6 +1,7 @@
 //! The vmvault repository: keys, encryption, packs, index, manifests, snapshots, and the
 //! backup, restore and check engines. FORMAT.md describes every byte this crate writes.
 
+mod aligned;
 pub mod backend;
 pub mod backup;
 pub mod blob;

@@ -7,6 +7,7 @@
 //! unallocated ranges stay holes in files (and all-zero blocks inside chunks are not
 //! written either), or are written as zeros on block devices.
 
+use crate::aligned::AlignedBuf;
 use crate::backend::FileKind;
 use crate::blob::{new_decompressor, open_blob, read_chunk};
 use crate::cache::{ChunkLocation, IndexCache};
@@ -14,7 +15,7 @@ use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
 use crate::format::snapshot::SnapshotDisk;
 use crate::repository::{io_err, Repository};
-use crate::restore_target::{AlignedBuf, Target, BLOCK};
+use crate::restore_target::{Target, BLOCK};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fs::File;

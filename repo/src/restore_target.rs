@@ -8,6 +8,8 @@
 //! Where direct writes are refused (tmpfs, some network file systems) the same ranges are
 //! written through the page cache instead.
 
+#[cfg(test)]
+use crate::aligned::AlignedBuf;
 use crate::error::{RepoError, Result};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -19,13 +21,7 @@ use vmvault_chunker::is_zero;
 /// The block size restore ranges are aligned to: holes are left at this granularity and
 /// direct writes use it for offset, length and memory alignment (it satisfies every
 /// common device's logical block size).
-pub(crate) const BLOCK: u64 = 4096;
-
-/// Environment variable: `0` turns every use of direct I/O off (restores then write
-/// through the page cache). See `vmvault_ingest::DIRECT_IO_ENV` for `1`.
-fn direct_writes_allowed() -> bool {
-    std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).is_none_or(|v| v != "0")
-}
+pub(crate) const BLOCK: u64 = crate::aligned::BLOCK as u64;
 
 /// The output of a restore: a sparse file or a block device.
 pub(crate) struct Target {
@@ -86,7 +82,7 @@ impl Target {
             }
         }
         let mut direct = false;
-        let file = match direct_writes_allowed().then(|| open_file(path, true)) {
+        let file = match crate::aligned::direct_io_allowed().then(|| open_file(path, true)) {
             Some(Ok(f)) => {
                 direct = true;
                 f
@@ -198,20 +194,8 @@ impl Target {
 
     /// Clears `O_DIRECT` on the file for every later write.
     fn stop_direct(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         self.direct.store(false, Ordering::Relaxed);
-        let fd = self.file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor owned by `self.file`, alive for the call; neither
-        // command touches memory of ours.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        crate::aligned::clear_direct(&self.file)
     }
 }
 
@@ -226,40 +210,10 @@ fn open_file(path: &Path, direct: bool) -> io::Result<File> {
     o.open(path)
 }
 
-/// A reusable buffer whose usable part starts at a [`BLOCK`]-aligned address (a plain
-/// `Vec` with room to slide the start forward; no unsafe allocation).
-#[derive(Default)]
-pub(crate) struct AlignedBuf {
-    bytes: Vec<u8>,
-}
-
-impl AlignedBuf {
-    /// `len` bytes starting at a [`BLOCK`]-aligned address; their content is whatever the
-    /// last use left.
-    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
-        let block = BLOCK as usize;
-        if self.bytes.len() < len + block {
-            self.bytes.resize(len + block, 0);
-        }
-        let base = self.bytes.as_ptr().align_offset(block).min(block);
-        &mut self.bytes[base..base + len]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn aligned_buffer_is_aligned_and_sized() {
-        let mut b = AlignedBuf::default();
-        for len in [1, 4096, 10_000, 1 << 20, 3] {
-            let s = b.get(len);
-            assert_eq!(s.len(), len);
-            assert_eq!(s.as_ptr() as usize % BLOCK as usize, 0);
-        }
-    }
 
     /// Ranges written out of order, with zero blocks and a short last block, read back
     /// as the disk; zero blocks stay holes; the file ends at the disk's size.

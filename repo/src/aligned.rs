@@ -1,0 +1,66 @@
+//! Buffers at block-aligned addresses, for direct (`O_DIRECT`) reads and writes.
+
+use std::fs::File;
+use std::io;
+
+/// The alignment direct I/O gets here: offsets, lengths and memory addresses are
+/// multiples of it (it satisfies every common device's logical block size).
+pub(crate) const BLOCK: usize = 4096;
+
+/// Whether vmvault may write with direct I/O: yes unless `VMVAULT_DIRECT_IO`
+/// (`vmvault_ingest::DIRECT_IO_ENV`) is `0`. (`1` also turns on direct source reads.)
+pub(crate) fn direct_io_allowed() -> bool {
+    std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).is_none_or(|v| v != "0")
+}
+
+/// Clears `O_DIRECT` on an open file: later reads and writes go through the page cache.
+pub(crate) fn clear_direct(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `f` owns and keeps open for the call; neither command
+    // touches memory of ours.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A reusable buffer whose usable part starts at a [`BLOCK`]-aligned address (a plain
+/// `Vec` with room to slide the start forward; no unsafe allocation).
+#[derive(Default)]
+pub(crate) struct AlignedBuf {
+    bytes: Vec<u8>,
+}
+
+impl AlignedBuf {
+    /// `len` bytes starting at a [`BLOCK`]-aligned address; their content is whatever the
+    /// last use left.
+    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
+        let block = BLOCK;
+        if self.bytes.len() < len + block {
+            self.bytes.resize(len + block, 0);
+        }
+        let base = self.bytes.as_ptr().align_offset(block).min(block);
+        &mut self.bytes[base..base + len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffer_is_aligned_and_sized() {
+        let mut b = AlignedBuf::default();
+        for len in [1, 4096, 10_000, 1 << 20, 3] {
+            let s = b.get(len);
+            assert_eq!(s.len(), len);
+            assert_eq!(s.as_ptr() as usize % BLOCK, 0);
+        }
+    }
+}
