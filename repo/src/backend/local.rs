@@ -111,7 +111,7 @@ impl LocalBackend {
                     r => r?,
                 }
             }
-            if data.len() % BLOCK != 0 {
+            if !data.len().is_multiple_of(BLOCK) {
                 f.set_len(data.len() as u64)?;
             }
             Ok(())
