@@ -187,27 +187,24 @@ impl Backend for LocalBackend {
                 && data.len() >= DIRECT_MIN
                 && !self.direct_refused.load(Ordering::Relaxed)
                 && direct_io_allowed();
-            let mut f = match direct.then(|| create_file(&tmp, true)) {
-                Some(Ok(f)) => Some(f),
+            let buffered = || -> io::Result<File> {
+                let mut f = create_file(&tmp, false)?;
+                f.write_all(data)?;
+                Ok(f)
+            };
+            let f = match direct.then(|| create_file(&tmp, true)) {
+                Some(Ok(f)) => {
+                    self.write_direct(&f, data)?;
+                    f
+                }
                 Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // Refused by the file system, which may have created the file first.
                     self.direct_refused.store(true, Ordering::Relaxed);
                     let _ = fs::remove_file(&tmp);
-                    None
+                    buffered()?
                 }
                 Some(Err(e)) => return Err(e),
-                None => None,
-            };
-            match f.as_mut() {
-                Some(f) => self.write_direct(f, data)?,
-                None => {
-                    let mut plain = create_file(&tmp, false)?;
-                    plain.write_all(data)?;
-                    f = Some(plain);
-                }
-            }
-            let Some(f) = f else {
-                return Err(io::Error::other("no file written"));
+                None => buffered()?,
             };
             f.sync_all()?;
             drop(f);
