@@ -105,6 +105,17 @@ fn kill_9_during_backup_never_damages_the_repository() {
         } else {
             killed += 1;
             eprintln!("attempt {attempt}: killed after {delay:?}");
+            // A kill can land after the snapshot is committed but before the process
+            // exits: then that snapshot is complete and must restore like the others.
+            let snaps = v.snapshots();
+            if snaps.len() > done.len() {
+                let id = snaps.last().unwrap()["id"].as_str().unwrap().to_string();
+                eprintln!("attempt {attempt}: killed after committing snapshot {id}");
+                let copy = v.path(&format!("committed-{attempt}.img"));
+                copy_sparse(&img, &copy);
+                done.push((id, copy));
+                mutate(&img, hot.0, hot.1, &mut rng);
+            }
         }
         // The repository is consistent after every kill.
         let o = v.run(&["check"]);
