@@ -30,6 +30,8 @@ pub(crate) struct Target {
     sparse: bool,
     /// The file is open with `O_DIRECT` (cleared for good after the first refusal).
     direct: AtomicBool,
+    /// The file was opened with `O_DIRECT`: an `EINVAL` from a write may be its refusal.
+    opened_direct: bool,
     /// The disk's size; a direct write may round the file's end up to [`BLOCK`], which
     /// [`Target::finish`] cuts back.
     size: u64,
@@ -65,6 +67,7 @@ impl Target {
                 file,
                 sparse: false,
                 direct: AtomicBool::new(false),
+                opened_direct: false,
                 size,
                 path: shown,
             });
@@ -95,6 +98,7 @@ impl Target {
             file,
             sparse: true,
             direct: AtomicBool::new(direct),
+            opened_direct: direct,
             size,
             path: shown,
         })
@@ -106,8 +110,9 @@ impl Target {
     }
 
     /// Whether writes currently bypass the page cache.
-    pub(crate) fn is_direct(&self) -> bool {
-        self.direct.load(Ordering::Relaxed)
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Acquire)
     }
 
     /// Writes the disk range `[start, end)` from `buf`, whose first byte is disk offset
@@ -182,7 +187,9 @@ impl Target {
             source: e,
         };
         match self.file.write_all_at(data, offset) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.is_direct() => {
+            // When the file system refuses direct writes, several workers get EINVAL at
+            // once, around the moment one of them switches the file over: each retries.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.opened_direct => {
                 // The file system refused this direct write (an alignment it needs that is
                 // larger than BLOCK): go on through the page cache.
                 self.stop_direct().map_err(err)?;
@@ -194,8 +201,9 @@ impl Target {
 
     /// Clears `O_DIRECT` on the file for every later write.
     fn stop_direct(&self) -> io::Result<()> {
-        self.direct.store(false, Ordering::Relaxed);
-        crate::aligned::clear_direct(&self.file)
+        crate::aligned::clear_direct(&self.file)?;
+        self.direct.store(false, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -260,6 +268,39 @@ mod tests {
         assert!(Target::open(&path, 10, false).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
         Target::open(&path, 10, true).unwrap();
+    }
+
+    /// Writes the file system refuses as direct (here: unaligned ones) succeed through
+    /// the page cache, also when several threads are refused at once and only one of
+    /// them switches the file over.
+    #[test]
+    fn refused_direct_writes_fall_back_in_every_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("out-{round}.img"));
+            let t = Target::open(&path, 1 << 20, false).unwrap();
+            if !t.is_direct() {
+                return; // this file system has no direct I/O to refuse
+            }
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for i in 0..8u8 {
+                    let (t, start) = (&t, &start);
+                    s.spawn(move || {
+                        let data = vec![i + 1; 1000];
+                        start.wait();
+                        t.write_at(&data, 1 + u64::from(i) * 10_000).unwrap();
+                    });
+                }
+            });
+            assert!(!t.is_direct());
+            t.finish().unwrap();
+            let back = std::fs::read(&path).unwrap();
+            for i in 0..8u8 {
+                let at = 1 + usize::from(i) * 10_000;
+                assert!(back[at..at + 1000].iter().all(|&b| b == i + 1), "write {i}");
+            }
+        }
     }
 
     #[test]

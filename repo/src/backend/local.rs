@@ -106,12 +106,14 @@ impl LocalBackend {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         self.direct_refused.store(true, Ordering::Relaxed);
                         clear_direct(f)?;
-                        return f.write_all_at(&data[i * DIRECT_PIECE..], at);
+                        f.write_all_at(&data[i * DIRECT_PIECE..], at)?;
+                        break;
                     }
                     r => r?,
                 }
             }
-            if !data.len().is_multiple_of(BLOCK) {
+            // Cut off the last piece's padding (also after a refused, partly done write).
+            if f.metadata()?.len() != data.len() as u64 {
                 f.set_len(data.len() as u64)?;
             }
             Ok(())
