@@ -27,7 +27,7 @@ pub use extent::{push_merged, Extent, ExtentKind};
 pub use image_file::{ImageFile, MemFile, ReadAt};
 pub use open::{open_disk, probe_path, FileResolver, FsResolver, NoFiles, OpenOptions};
 pub use raw::{block_device_size, RawFile, DIRECT_IO_ENV};
-pub use sequential::{ConcurrentSegments, Segment, Sequential, SequentialDisk};
+pub use sequential::{ConcurrentSegments, Segment, Sequential, SequentialDisk, BUFFER_ALIGN};
 pub use stream::StreamDisk;
 pub use write::ImageWriter;
 

@@ -1,16 +1,39 @@
 //! Buffers at block-aligned addresses, for direct (`O_DIRECT`) reads and writes.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 
 /// The alignment direct I/O gets here: offsets, lengths and memory addresses are
-/// multiples of it (it satisfies every common device's logical block size).
-pub(crate) const BLOCK: usize = 4096;
+/// multiples of it (it satisfies every common device's logical block size). The same as
+/// the source reader's, so one direct-I/O rule holds across the project.
+pub(crate) const BLOCK: usize = vmvault_ingest::BUFFER_ALIGN;
 
 /// Whether vmvault may write with direct I/O: yes unless `VMVAULT_DIRECT_IO`
 /// (`vmvault_ingest::DIRECT_IO_ENV`) is `0`. (`1` also turns on direct source reads.)
 pub(crate) fn direct_io_allowed() -> bool {
     std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).is_none_or(|v| v != "0")
+}
+
+/// Options that open a file for writing, with `O_DIRECT` when `direct`; the caller adds
+/// how the file is created.
+pub(crate) fn write_options(direct: bool) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true);
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o
+}
+
+/// Whether `f` is open with `O_DIRECT` now.
+#[cfg(test)]
+pub(crate) fn is_direct(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(F_GETFL) on a descriptor `f` owns and keeps open for the call; it
+    // touches no memory of ours.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_DIRECT != 0
 }
 
 /// Clears `O_DIRECT` on an open file: later reads and writes go through the page cache.
@@ -53,6 +76,20 @@ impl AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_flag_can_be_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let Ok(f) = write_options(true).create(true).truncate(true).open(&path) else {
+            return; // no direct I/O on this file system
+        };
+        assert!(is_direct(&f));
+        clear_direct(&f).unwrap();
+        assert!(!is_direct(&f));
+        let plain = write_options(false).open(&path).unwrap();
+        assert!(!is_direct(&plain));
+    }
 
     #[test]
     fn aligned_buffer_is_aligned_and_sized() {

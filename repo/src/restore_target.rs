@@ -10,12 +10,11 @@
 
 #[cfg(test)]
 use crate::aligned::AlignedBuf;
+use crate::aligned::{direct_io_allowed, write_options};
 use crate::error::{RepoError, Result};
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use vmvault_chunker::is_zero;
 
 /// The block size restore ranges are aligned to: holes are left at this granularity and
@@ -28,9 +27,8 @@ pub(crate) struct Target {
     file: File,
     /// A fresh regular file: zero blocks stay holes.
     sparse: bool,
-    /// The file is open with `O_DIRECT` (cleared for good after the first refusal).
-    direct: AtomicBool,
-    /// The file was opened with `O_DIRECT`: an `EINVAL` from a write may be its refusal.
+    /// The file was opened with `O_DIRECT` (cleared for good at the first refusal): an
+    /// `EINVAL` from a write may be that refusal.
     opened_direct: bool,
     /// The disk's size; a direct write may round the file's end up to [`BLOCK`], which
     /// [`Target::finish`] cuts back.
@@ -56,7 +54,7 @@ impl Target {
                     "{shown} is a block device; writing onto it replaces its contents (use --overwrite)"
                 )));
             }
-            let file = OpenOptions::new().write(true).open(path).map_err(err)?;
+            let file = write_options(false).open(path).map_err(err)?;
             let dev_size = vmvault_ingest::block_device_size(&file).map_err(err)?;
             if dev_size < size {
                 return Err(RepoError::Invalid(format!(
@@ -66,7 +64,6 @@ impl Target {
             return Ok(Target {
                 file,
                 sparse: false,
-                direct: AtomicBool::new(false),
                 opened_direct: false,
                 size,
                 path: shown,
@@ -85,19 +82,19 @@ impl Target {
             }
         }
         let mut direct = false;
-        let file = match crate::aligned::direct_io_allowed().then(|| open_file(path, true)) {
+        let create = |direct| write_options(direct).create(true).truncate(true).open(path);
+        let file = match direct_io_allowed().then(|| create(true)) {
             Some(Ok(f)) => {
                 direct = true;
                 f
             }
             Some(Err(e)) if e.raw_os_error() != Some(libc::EINVAL) => return Err(err(e)),
-            _ => open_file(path, false).map_err(err)?,
+            _ => create(false).map_err(err)?,
         };
         file.set_len(size).map_err(err)?;
         Ok(Target {
             file,
             sparse: true,
-            direct: AtomicBool::new(direct),
             opened_direct: direct,
             size,
             path: shown,
@@ -112,7 +109,7 @@ impl Target {
     /// Whether writes currently bypass the page cache.
     #[cfg(test)]
     fn is_direct(&self) -> bool {
-        self.direct.load(Ordering::Acquire)
+        crate::aligned::is_direct(&self.file)
     }
 
     /// Writes the disk range `[start, end)` from `buf`, whose first byte is disk offset
@@ -192,30 +189,12 @@ impl Target {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.opened_direct => {
                 // The file system refused this direct write (an alignment it needs that is
                 // larger than BLOCK): go on through the page cache.
-                self.stop_direct().map_err(err)?;
+                crate::aligned::clear_direct(&self.file).map_err(err)?;
                 self.file.write_all_at(data, offset).map_err(err)
             }
             r => r.map_err(err),
         }
     }
-
-    /// Clears `O_DIRECT` on the file for every later write.
-    fn stop_direct(&self) -> io::Result<()> {
-        crate::aligned::clear_direct(&self.file)?;
-        self.direct.store(false, Ordering::Release);
-        Ok(())
-    }
-}
-
-/// Creates or truncates a regular file for writing, with `O_DIRECT` when `direct`.
-fn open_file(path: &Path, direct: bool) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    if direct {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path)
 }
 
 #[cfg(test)]
@@ -312,7 +291,7 @@ mod tests {
         let out = buf.get(BLOCK as usize);
         out.fill(7);
         t.write_range(0, BLOCK, out).unwrap();
-        t.stop_direct().unwrap();
+        crate::aligned::clear_direct(&t.file).unwrap();
         assert!(!t.is_direct());
         out.fill(9);
         t.write_range(2 * BLOCK, 3 * BLOCK, out).unwrap();

@@ -10,22 +10,22 @@
 //! compression of a tenth of the data.
 
 use super::{is_object_name, Backend, FileKind, RequestCounters};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::aligned::{clear_direct, direct_io_allowed, AlignedBuf, BLOCK};
+use crate::aligned::{clear_direct, direct_io_allowed, write_options, AlignedBuf, BLOCK};
 
 /// A repository in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
     counters: RequestCounters,
-    /// Set once the file system refuses a direct write: later packs go through the page
-    /// cache.
-    direct_refused: AtomicBool,
+    /// Packs go through the page cache: direct writes are off (`VMVAULT_DIRECT_IO=0`) or
+    /// the file system refused one.
+    no_direct: AtomicBool,
     /// Aligned buffers for direct writes, one per pack being written at once.
     bounce: Mutex<Vec<AlignedBuf>>,
 }
@@ -43,7 +43,7 @@ impl LocalBackend {
         LocalBackend {
             root: root.into(),
             counters: RequestCounters::default(),
-            direct_refused: AtomicBool::new(false),
+            no_direct: AtomicBool::new(!direct_io_allowed()),
             bounce: Mutex::new(Vec::new()),
         }
     }
@@ -71,20 +71,7 @@ impl LocalBackend {
         }
         Ok(self.dir(kind, name).join(name))
     }
-}
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn tmp_name() -> String {
-    let mut r = [0u8; 8];
-    // A collision only makes create_new fail, which is reported; no silent damage.
-    let _ = getrandom::fill(&mut r);
-    format!(".tmp-{}", hex::encode(r))
-}
-
-impl LocalBackend {
     /// Writes `data` to `f` (opened with `O_DIRECT`, empty) in block-aligned pieces from a
     /// reused aligned buffer; the last piece is padded with zeros and the file is cut back
     /// to `data`'s length. Where a direct write is refused, the rest goes through the page
@@ -104,7 +91,7 @@ impl LocalBackend {
                 buf[piece.len()..].fill(0);
                 match f.write_all_at(buf, at) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.direct_refused.store(true, Ordering::Relaxed);
+                        self.no_direct.store(true, Ordering::Relaxed);
                         clear_direct(f)?;
                         f.write_all_at(&data[i * DIRECT_PIECE..], at)?;
                         break;
@@ -126,15 +113,20 @@ impl LocalBackend {
     }
 }
 
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn tmp_name() -> String {
+    let mut r = [0u8; 8];
+    // A collision only makes create_new fail, which is reported; no silent damage.
+    let _ = getrandom::fill(&mut r);
+    format!(".tmp-{}", hex::encode(r))
+}
+
 /// Creates a new file for writing (failing if it exists), with `O_DIRECT` when `direct`.
 fn create_file(path: &Path, direct: bool) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.write(true).create_new(true);
-    if direct {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path)
+    write_options(direct).create_new(true).open(path)
 }
 
 impl Backend for LocalBackend {
@@ -187,8 +179,7 @@ impl Backend for LocalBackend {
         let result = (|| {
             let direct = kind == FileKind::Pack
                 && data.len() >= DIRECT_MIN
-                && !self.direct_refused.load(Ordering::Relaxed)
-                && direct_io_allowed();
+                && !self.no_direct.load(Ordering::Relaxed);
             let buffered = || -> io::Result<File> {
                 let mut f = create_file(&tmp, false)?;
                 f.write_all(data)?;
@@ -201,7 +192,7 @@ impl Backend for LocalBackend {
                 }
                 Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // Refused by the file system, which may have created the file first.
-                    self.direct_refused.store(true, Ordering::Relaxed);
+                    self.no_direct.store(true, Ordering::Relaxed);
                     let _ = fs::remove_file(&tmp);
                     buffered()?
                 }
