@@ -6,12 +6,14 @@
 //! live in the repository's backup pipeline.
 
 mod params;
+mod scan;
 mod zero;
 
 pub use params::{ChunkerParams, ParamsError, MAX_CHUNK};
 pub use zero::is_zero;
 
-use fastcdc::v2020::{cut_gear, select_masks, Normalization};
+use fastcdc::v2020::{select_masks, Normalization};
+use scan::Candidate;
 
 /// A 32-byte chunk id: `BLAKE3-keyed(id_key, plaintext)`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,8 +68,8 @@ pub struct Cut {
 pub struct Chunker {
     params: ChunkerParams,
     gear: Box<[u64; 256]>,
-    gear_ls: Box<[u64; 256]>,
-    masks: (u64, u64, u64, u64),
+    /// FastCDC's strict and loose masks.
+    masks: (u64, u64),
     id_key: [u8; 32],
 }
 
@@ -85,10 +87,6 @@ impl Chunker {
     /// chunk-id key.
     pub fn new(params: ChunkerParams, chunker_key: &[u8; 32], id_key: &[u8; 32]) -> Self {
         let gear = gear_table(chunker_key);
-        let mut gear_ls = Box::new([0u64; 256]);
-        for (ls, g) in gear_ls.iter_mut().zip(gear.iter()) {
-            *ls = g << 1;
-        }
         let level = match params.normalization {
             0 => Normalization::Level0,
             1 => Normalization::Level1,
@@ -99,8 +97,7 @@ impl Chunker {
         Chunker {
             params,
             gear,
-            gear_ls,
-            masks: (mask_s, mask_l, mask_s << 1, mask_l << 1),
+            masks: (mask_s, mask_l),
             id_key: *id_key,
         }
     }
@@ -122,7 +119,10 @@ impl Chunker {
     /// `max_size` long, and the result depends only on `buf`, `disk_offset % zero_block`,
     /// the parameters and the keys.
     pub fn split(&self, buf: &[u8], disk_offset: u64, out: &mut Vec<Cut>) {
-        self.split_inner(buf, disk_offset, &[], out);
+        let _ = self.split_inner(buf, disk_offset, &[], &mut |c: Cut, _: &[u8]| {
+            out.push(c);
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
 
     /// Cuts a run of disk bytes in which the ranges `gaps` (sorted, disjoint, inside
@@ -141,6 +141,25 @@ impl Chunker {
         gaps: &[std::ops::Range<usize>],
         out: &mut Vec<Cut>,
     ) {
+        let _ = self.split_with_gaps_each(buf, disk_offset, gaps, |c: Cut, _: &[u8]| {
+            out.push(c);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+
+    /// [`Chunker::split_with_gaps`] that hands each cut to `each` as soon as it is made,
+    /// with its bytes (empty for zero cuts), instead of collecting them: a chunk can be
+    /// compressed while the cut and the hash have just left it in the CPU's cache.
+    ///
+    /// Guarantees: `each` sees exactly the cuts `split_with_gaps` returns, in order; the
+    /// first error it returns stops the split and is returned.
+    pub fn split_with_gaps_each<E>(
+        &self,
+        buf: &mut [u8],
+        disk_offset: u64,
+        gaps: &[std::ops::Range<usize>],
+        mut each: impl FnMut(Cut, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let block = self.params.zero_block as usize;
         let misalign = (disk_offset % block as u64) as usize;
         let buf_len = buf.len();
@@ -168,18 +187,18 @@ impl Chunker {
                 buf[g.clone()].fill(0);
             }
         }
-        self.split_inner(buf, disk_offset, &whole, out);
+        self.split_inner(buf, disk_offset, &whole, &mut each)
     }
 
     /// `split` where the blocks of `zero_blocks` (block-aligned ranges) count as zero
     /// without being scanned.
-    fn split_inner(
+    fn split_inner<E>(
         &self,
         buf: &[u8],
         disk_offset: u64,
         zero_blocks: &[std::ops::Range<usize>],
-        out: &mut Vec<Cut>,
-    ) {
+        each: &mut impl FnMut(Cut, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let block = self.params.zero_block as usize;
         let run_min = self.params.zero_run_min as usize;
         let mut data_start = 0usize;
@@ -207,12 +226,13 @@ impl Chunker {
                 (true, None) => zero_start = Some(pos),
                 (false, Some(z)) => {
                     if pos - z >= run_min {
-                        self.cut_data(buf, data_start, z, out);
-                        out.push(Cut {
+                        self.cut_data(buf, data_start, z, each)?;
+                        let zero = Cut {
                             start: z,
                             len: pos - z,
                             kind: CutKind::Zero,
-                        });
+                        };
+                        each(zero, &[])?;
                         data_start = pos;
                     }
                     zero_start = None;
@@ -223,49 +243,109 @@ impl Chunker {
         }
         if let Some(z) = zero_start {
             if buf.len() - z >= run_min {
-                self.cut_data(buf, data_start, z, out);
-                out.push(Cut {
+                self.cut_data(buf, data_start, z, each)?;
+                let zero = Cut {
                     start: z,
                     len: buf.len() - z,
                     kind: CutKind::Zero,
-                });
-                return;
+                };
+                return each(zero, &[]);
             }
         }
-        self.cut_data(buf, data_start, buf.len(), out);
+        self.cut_data(buf, data_start, buf.len(), each)
     }
 
-    /// FastCDC over `buf[from..to]`, appending data cuts.
-    fn cut_data(&self, buf: &[u8], from: usize, to: usize, out: &mut Vec<Cut>) {
+    /// FastCDC over `buf[from..to]`, handing each data cut to `each`.
+    ///
+    /// The cuts are exactly those of FastCDC 2020's `cut_gear` applied again and again
+    /// from `from` (the chunk-local hash starts at 0 at `chunk start + min_size`; a
+    /// position is a cut if its hash clears the strict mask before `avg_size` and the
+    /// loose mask from there to `max_size`, pairs of positions being tested, so an odd
+    /// last byte never is). They are found from the window-hash candidates of
+    /// [`scan::scan`]: the first `mask width - 1` positions of each chunk, where the
+    /// chunk-local hash has not yet covered the whole mask, are hashed one by one;
+    /// from there on the two hashes agree on every masked bit.
+    fn cut_data<E>(
+        &self,
+        buf: &[u8],
+        from: usize,
+        to: usize,
+        each: &mut impl FnMut(Cut, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let p = &self.params;
-        let (mask_s, mask_l, mask_s_ls, mask_l_ls) = self.masks;
+        let (min, avg, max) = (
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+        );
+        let (mask_s, mask_l) = self.masks;
+        // Positions that clear either mask clear the bits they share.
+        let filter = mask_s & mask_l;
+        let width = (64 - (mask_s | mask_l).leading_zeros()) as usize;
+        let mut cands: Vec<Candidate> = Vec::new();
+        let (mut next, mut scanned) = (0usize, from);
         let mut pos = from;
         while pos < to {
-            let (_, mut len) = cut_gear(
-                &buf[pos..to],
-                p.min_size as usize,
-                p.avg_size as usize,
-                p.max_size as usize,
-                mask_s,
-                mask_l,
-                mask_s_ls,
-                mask_l_ls,
-                &self.gear[..],
-                &self.gear_ls[..],
-            );
-            if len == 0 {
-                len = to - pos;
+            let n = to - pos;
+            let mut len = n;
+            if n > min {
+                let remaining = n.min(max);
+                let strict_end = pos + (remaining.min(avg) & !1);
+                let loose_end = pos + (remaining & !1);
+                let mask_at = |q: usize| if q < strict_end { mask_s } else { mask_l };
+                len = remaining;
+                // The chunk's first positions, with the chunk-local hash.
+                let exact_from = (pos + min + width.saturating_sub(1)).min(loose_end);
+                let mut h = 0u64;
+                let mut found = None;
+                for (q, &b) in (pos + min..).zip(&buf[pos + min..exact_from]) {
+                    h = (h << 1).wrapping_add(self.gear[usize::from(b)]);
+                    if h & mask_at(q) == 0 {
+                        found = Some(q);
+                        break;
+                    }
+                }
+                if found.is_none() && exact_from < loose_end {
+                    while scanned < loose_end {
+                        if next > 0 {
+                            cands.drain(..next);
+                            next = 0;
+                        }
+                        let window_end = (scanned + SCAN_WINDOW).min(to);
+                        scan::scan(
+                            buf, from, scanned, window_end, &self.gear, filter, &mut cands,
+                        );
+                        scanned = window_end;
+                    }
+                    while cands.get(next).is_some_and(|c| c.pos < exact_from) {
+                        next += 1;
+                    }
+                    found = cands[next..]
+                        .iter()
+                        .take_while(|c| c.pos < loose_end)
+                        .find(|c| c.hash & mask_at(c.pos) == 0)
+                        .map(|c| c.pos);
+                }
+                if let Some(q) = found {
+                    len = q - pos;
+                }
             }
             let bytes = &buf[pos..pos + len];
-            out.push(Cut {
+            let cut = Cut {
                 start: pos,
                 len,
                 kind: CutKind::Data(self.chunk_id(bytes)),
-            });
+            };
+            each(cut, bytes)?;
             pos += len;
         }
+        Ok(())
     }
 }
+
+/// Bytes scanned for candidates at a time: bounds the candidate list (8 MiB even if
+/// every position were one) while keeping the per-scan set-up negligible.
+const SCAN_WINDOW: usize = 512 << 10;
 
 /// The keyed gear table of FORMAT.md section 5.
 fn gear_table(chunker_key: &[u8; 32]) -> Box<[u64; 256]> {

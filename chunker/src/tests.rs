@@ -218,3 +218,123 @@ fn gaps_cut_exactly_like_zero_filled_bytes() {
         assert_eq!(want, got, "round {round}");
     }
 }
+
+/// FastCDC 2020's own cut loop (the `fastcdc` crate's `cut_gear`), applied again and
+/// again over `buf`: the reference the candidate scan must reproduce exactly.
+fn reference_cuts(c: &Chunker, buf: &[u8]) -> Vec<usize> {
+    let p = c.params();
+    let (mask_s, mask_l) = c.masks;
+    let gear_ls: Vec<u64> = c.gear.iter().map(|g| g << 1).collect();
+    let mut lens = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let (_, mut len) = fastcdc::v2020::cut_gear(
+            &buf[pos..],
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+            &c.gear[..],
+            &gear_ls,
+        );
+        if len == 0 {
+            len = buf.len() - pos;
+        }
+        lens.push(len);
+        pos += len;
+    }
+    lens
+}
+
+fn data_cut_lens(c: &Chunker, buf: &[u8]) -> Vec<usize> {
+    let mut lens = Vec::new();
+    let _ = c.cut_data(buf, 0, buf.len(), &mut |cut: Cut, bytes: &[u8]| {
+        assert_eq!(cut.len, bytes.len());
+        lens.push(cut.len);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    lens
+}
+
+/// Low-entropy data: few distinct byte values in runs, so that window hashes repeat and
+/// candidates are dense (including every position, for some keys and bytes).
+fn low_entropy(len: usize, seed: u64, alphabet: u8) -> Vec<u8> {
+    let noise = pseudo_random(len, seed);
+    let mut out = Vec::with_capacity(len);
+    let mut i = 0;
+    while out.len() < len {
+        let run = 1 + usize::from(noise[i % len]) * 37;
+        let byte = noise[(i + 1) % len] % alphabet;
+        out.extend(std::iter::repeat_n(byte, run.min(len - out.len())));
+        i += 2;
+    }
+    out
+}
+
+#[test]
+fn candidate_scan_cuts_exactly_like_fastcdc() {
+    let mut cases = 0;
+    for avg in [4096u32, 16 << 10, 128 << 10, 256 << 10] {
+        for normalization in 0..=3u8 {
+            let mut p = ChunkerParams::with_avg(avg);
+            p.normalization = normalization;
+            for key in 0..3u8 {
+                let c = Chunker::new(p.clone(), &[key; 32], &[9u8; 32]);
+                let big = 12 * avg as usize + 12345;
+                let inputs = [
+                    pseudo_random(big, u64::from(key) + 1),
+                    low_entropy(big, u64::from(key) + 7, 2),
+                    low_entropy(big, u64::from(key) + 9, 1 + key * 40),
+                    vec![key; big],
+                    pseudo_random(p.min_size as usize + 1, 3),
+                    pseudo_random(p.min_size as usize + 63, 4),
+                    pseudo_random(avg as usize + 1, 5),
+                    pseudo_random(p.max_size as usize + 1, 6),
+                    pseudo_random(17, 7),
+                ];
+                for data in &inputs {
+                    assert_eq!(
+                        data_cut_lens(&c, data),
+                        reference_cuts(&c, data),
+                        "avg {avg} normalization {normalization} key {key} len {}",
+                        data.len()
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 4 * 4 * 3 * 9);
+}
+
+/// Every byte value repeated: the window hash is the same at every position, so for some
+/// keys every position is a candidate; the candidate list stays bounded by the scan
+/// window and the cuts still match FastCDC.
+#[test]
+fn constant_runs_that_hit_every_position_still_cut_like_fastcdc() {
+    let p = ChunkerParams::with_avg(128 << 10);
+    let mut dense = 0;
+    for key in 0..2048u16 {
+        let mut chunker_key = [0u8; 32];
+        chunker_key[..2].copy_from_slice(&key.to_le_bytes());
+        let c = Chunker::new(p.clone(), &chunker_key, &[1u8; 32]);
+        for byte in 0..=255u8 {
+            // The window hash of a constant run, once 64 bytes long.
+            let w = (0..64).fold(0u64, |h, _| {
+                (h << 1).wrapping_add(c.gear[usize::from(byte)])
+            });
+            if w & c.masks.1 == 0 {
+                let data = vec![byte; 3 << 20];
+                assert_eq!(data_cut_lens(&c, &data), reference_cuts(&c, &data));
+                dense += 1;
+            }
+        }
+    }
+    assert!(
+        dense > 0,
+        "no key and byte gave a candidate at every position"
+    );
+}

@@ -352,46 +352,46 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<Seg
         .ok_or_else(|| {
             RepoError::Invalid("internal error: segment longer than its buffer".into())
         })?;
-    let mut cuts: Vec<Cut> = Vec::new();
-    sh.chunker
-        .split_with_gaps(buf, seg.offset, &gaps, &mut cuts);
     // Extents, in buffer coordinates, for naming the parts of zero cuts.
     let mut ext = 0usize;
-    for c in &cuts {
-        match c.kind {
-            CutKind::Zero => {
-                let (mut pos, end) = (c.start, c.start + c.len);
-                while pos < end {
-                    let Some(e) = seg.extents.get(ext) else {
-                        return Err(RepoError::Invalid(
-                            "internal error: extents do not cover the segment".into(),
-                        ));
-                    };
-                    let e_end = (e.end() - seg.offset) as usize;
-                    if e_end <= pos {
-                        ext += 1;
-                        continue;
+    // Each chunk is stored as soon as it is cut and hashed, while it is still in cache.
+    sh.chunker
+        .split_with_gaps_each(buf, seg.offset, &gaps, |c: Cut, bytes: &[u8]| {
+            match c.kind {
+                CutKind::Zero => {
+                    let (mut pos, end) = (c.start, c.start + c.len);
+                    while pos < end {
+                        let Some(e) = seg.extents.get(ext) else {
+                            return Err(RepoError::Invalid(
+                                "internal error: extents do not cover the segment".into(),
+                            ));
+                        };
+                        let e_end = (e.end() - seg.offset) as usize;
+                        if e_end <= pos {
+                            ext += 1;
+                            continue;
+                        }
+                        let take = (e_end.min(end) - pos) as u64;
+                        if e.kind == ExtentKind::Unallocated {
+                            push_entry(&mut r.entries, EntryKind::Unallocated, take);
+                        } else {
+                            r.zero += take;
+                            push_entry(&mut r.entries, EntryKind::Zero, take);
+                        }
+                        pos += take as usize;
                     }
-                    let take = (e_end.min(end) - pos) as u64;
-                    if e.kind == ExtentKind::Unallocated {
-                        push_entry(&mut r.entries, EntryKind::Unallocated, take);
-                    } else {
-                        r.zero += take;
-                        push_entry(&mut r.entries, EntryKind::Zero, take);
+                }
+                CutKind::Data(id) => {
+                    r.chunks += 1;
+                    sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
+                    if sh.store_chunk(id, bytes, KIND_DATA, slot)? {
+                        sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
                     }
-                    pos += take as usize;
+                    push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
                 }
             }
-            CutKind::Data(id) => {
-                r.chunks += 1;
-                sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
-                if sh.store_chunk(id, &buf[c.start..c.start + c.len], KIND_DATA, slot)? {
-                    sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
-                }
-                push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
-            }
-        }
-    }
+            Ok(())
+        })?;
     Ok(r)
 }
 
