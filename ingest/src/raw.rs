@@ -34,9 +34,10 @@ const DIRECT_MERGE_GAP: u64 = 1 << 20;
 
 impl RawFile {
     /// Opens a raw image file or block device read-only and finds its size
-    /// (the `BLKGETSIZE64` ioctl for block devices).
+    /// (the `BLKGETSIZE64` ioctl for block devices). Aligned reads use `O_DIRECT` unless
+    /// [`DIRECT_IO_ENV`] is `0` (or the file system refuses it).
     pub fn open(path: &Path) -> Result<Self, IngestError> {
-        let direct = std::env::var_os(DIRECT_IO_ENV).is_some_and(|v| v == "1");
+        let direct = std::env::var_os(DIRECT_IO_ENV).is_none_or(|v| v != "0");
         Self::open_with(path, direct)
     }
 
@@ -103,11 +104,13 @@ pub fn block_device_size(file: &File) -> std::io::Result<u64> {
     Ok(size)
 }
 
-/// Environment variable that turns direct (`O_DIRECT`) source reads on when set to `1`.
-/// Off by default: on the machines measured (PERFORMANCE.md) the kernel's readahead and
-/// the page cache, which the guest-file-system catalogue reads from too, beat the copy
-/// direct I/O saves everywhere but in a full backup. On for backups that must not evict
-/// a host's page cache, or storage where direct reads are faster.
+/// Environment variable that turns direct (`O_DIRECT`) I/O off when set to `0`: source
+/// reads here, and restore and pack writes in the repository. Direct reads are the
+/// default since the chunker and the catalogue got cheaper: with them the page cache's
+/// system time (a copy of every byte, and fresh cache pages that are costly on virtual
+/// machines) was the largest cost left besides compression, and removing it made
+/// backups of the benchmark disk faster (PERFORMANCE.md, round 5); they also leave the
+/// host's page cache alone.
 pub const DIRECT_IO_ENV: &str = "VMVAULT_DIRECT_IO";
 
 /// Opens `path` again with `O_DIRECT`, or `None` where that is not possible (tmpfs, some
@@ -287,6 +290,22 @@ impl ConcurrentSegments for RawFile {
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
+
+    /// Direct reads are the default: unless `VMVAULT_DIRECT_IO=0` is set, a file on a file
+    /// system that accepts `O_DIRECT` is read with it.
+    #[test]
+    fn direct_reads_are_the_default_where_the_file_system_allows_them() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[7u8; 8192]).unwrap();
+        let raw = RawFile::open(f.path()).unwrap();
+        let setting = std::env::var_os(DIRECT_IO_ENV);
+        let wanted = setting.as_ref().is_none_or(|v| v != "0") && open_direct(f.path()).is_some();
+        assert_eq!(raw.direct.is_some(), wanted, "{DIRECT_IO_ENV}={setting:?}");
+        assert!(RawFile::open_with(f.path(), false)
+            .unwrap()
+            .direct
+            .is_none());
+    }
 
     /// A buffer of `len` bytes starting at a page boundary inside `backing`.
     fn aligned(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {

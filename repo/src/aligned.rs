@@ -9,7 +9,7 @@ use std::io;
 pub(crate) const BLOCK: usize = vmvault_ingest::BUFFER_ALIGN;
 
 /// Whether vmvault may write with direct I/O: yes unless `VMVAULT_DIRECT_IO`
-/// (`vmvault_ingest::DIRECT_IO_ENV`) is `0`. (`1` also turns on direct source reads.)
+/// (`vmvault_ingest::DIRECT_IO_ENV`) is `0`, which turns direct source reads off too.
 pub(crate) fn direct_io_allowed() -> bool {
     std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).is_none_or(|v| v != "0")
 }
