@@ -283,6 +283,18 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     let (inputs, configs, catalogs) = open_inputs(a)?;
     let repo = context::open(cli)?;
     let lock = crate::context::lock(cli, &repo, "backup", false)?;
+    // Direct source reads for a VM's first backup (compression-bound), the page cache and
+    // its readahead for later ones (read-bound); VMVAULT_DIRECT_IO overrides.
+    let first_backup = !repo
+        .list_snapshots()
+        .context("cannot list the repository's snapshots")?
+        .0
+        .iter()
+        .any(|(_, s)| s.vm == a.vm);
+    vmvault_ingest::set_direct_reads(vmvault_ingest::direct_reads_wanted(
+        std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).as_deref(),
+        first_backup,
+    ));
     let cache = context::cache(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
