@@ -101,6 +101,10 @@ pub fn backup_image(
     let raw = RawFile::open(image).expect("open image");
     let req = BackupRequest {
         vm: vm.into(),
+        parent: repo
+            .latest_snapshot(Some(vm))
+            .expect("list snapshots")
+            .map(|(name, _)| name),
         tags: Vec::new(),
         disks: vec![DiskInput {
             name: "disk0".into(),

@@ -283,17 +283,15 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     let (inputs, configs, catalogs) = open_inputs(a)?;
     let repo = context::open(cli)?;
     let lock = crate::context::lock(cli, &repo, "backup", false)?;
+    let parent = repo
+        .latest_snapshot(Some(&a.vm))
+        .context("cannot list the repository's snapshots")?
+        .map(|(name, _)| name);
     // Direct source reads for a VM's first backup (compression-bound), the page cache and
     // its readahead for later ones (read-bound); VMVAULT_DIRECT_IO overrides.
-    let first_backup = !repo
-        .list_snapshots()
-        .context("cannot list the repository's snapshots")?
-        .0
-        .iter()
-        .any(|(_, s)| s.vm == a.vm);
     vmvault_ingest::set_direct_reads(vmvault_ingest::direct_reads_wanted(
         std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).as_deref(),
-        first_backup,
+        parent.is_none(),
     ));
     let cache = context::cache(cli, &repo)?;
     let progress = Arc::new(Progress::default());
@@ -318,6 +316,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     });
     let req = BackupRequest {
         vm: a.vm.clone(),
+        parent,
         tags: a.tags.clone(),
         disks: inputs,
         configs,

@@ -36,6 +36,7 @@ fn backup_once(repo: &Repository, cache: &IndexCache, disk: &Path) -> Result<Bac
     let source = Sequential::new(RawFile::open(disk)?);
     let req = BackupRequest {
         vm: "demo-vm".into(),
+        parent: repo.latest_snapshot(Some("demo-vm"))?.map(|(name, _)| name),
         tags: vec!["demo".into()],
         disks: vec![DiskInput {
             name: "demo-disk0".into(),

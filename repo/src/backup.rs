@@ -80,6 +80,9 @@ pub struct ConfigInput {
 pub struct BackupRequest {
     /// VM name.
     pub vm: String,
+    /// The snapshot the new one follows (FORMAT.md, `parent`): the VM's newest snapshot
+    /// when the backup starts (`Repository::latest_snapshot`), `None` for its first.
+    pub parent: Option<String>,
     /// Tags to attach.
     pub tags: Vec<String>,
     /// The VM's disks, in order.
@@ -931,19 +934,13 @@ pub fn backup(
     }
     let (disks, configs, catalogs, catalog_warnings) = disks?;
     let (packs, index_files) = uploaded?;
-    let parent = repo
-        .list_snapshots()?
-        .0
-        .into_iter()
-        .rfind(|(_, s)| s.vm == req.vm)
-        .map(|(n, _)| n);
     let snapshot = Snapshot {
         version: Snapshot::version_for(&configs, &catalogs),
         vm: req.vm,
         host: hostname(),
         time,
         tags: req.tags,
-        parent,
+        parent: req.parent,
         program: format!("vmvault {}", env!("CARGO_PKG_VERSION")),
         disks,
         configs,

@@ -389,20 +389,24 @@ impl Repository {
         Ok((good, bad))
     }
 
+    /// The newest readable snapshot (of `vm` if given), or `None` when there is none.
+    pub fn latest_snapshot(&self, vm: Option<&str>) -> Result<Option<NamedSnapshot>> {
+        let (snaps, _) = self.list_snapshots()?;
+        Ok(snaps
+            .into_iter()
+            .rfind(|(_, s)| vm.is_none_or(|v| s.vm == v)))
+    }
+
     /// Resolves a user's snapshot reference: `latest` (newest, of `vm` if given) or a
     /// unique prefix of a snapshot name.
     pub fn resolve_snapshot(&self, spec: &str, vm: Option<&str>) -> Result<NamedSnapshot> {
         if spec == "latest" {
-            let (snaps, _) = self.list_snapshots()?;
-            return snaps
-                .into_iter()
-                .rfind(|(_, s)| vm.is_none_or(|v| s.vm == v))
-                .ok_or_else(|| {
-                    RepoError::SnapshotSelection(match vm {
-                        Some(v) => format!("no snapshot of VM {v:?}"),
-                        None => "the repository has no snapshots".into(),
-                    })
-                });
+            return self.latest_snapshot(vm)?.ok_or_else(|| {
+                RepoError::SnapshotSelection(match vm {
+                    Some(v) => format!("no snapshot of VM {v:?}"),
+                    None => "the repository has no snapshots".into(),
+                })
+            });
         }
         if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RepoError::SnapshotSelection(format!(

@@ -127,6 +127,7 @@ fn run_backup(
 ) -> Result<String, RepoError> {
     let req = BackupRequest {
         vm: "vm1".into(),
+        parent: repo.latest_snapshot(Some("vm1"))?.map(|(name, _)| name),
         tags: vec![],
         disks: vec![DiskInput {
             name: "disk0".into(),
