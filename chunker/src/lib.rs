@@ -13,7 +13,7 @@ pub use params::{ChunkerParams, ParamsError, MAX_CHUNK};
 pub use zero::is_zero;
 
 use fastcdc::v2020::{select_masks, Normalization};
-use scan::Candidate;
+use scan::{Candidate, Scan};
 
 /// A 32-byte chunk id: `BLAKE3-keyed(id_key, plaintext)`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,10 +119,7 @@ impl Chunker {
     /// `max_size` long, and the result depends only on `buf`, `disk_offset % zero_block`,
     /// the parameters and the keys.
     pub fn split(&self, buf: &[u8], disk_offset: u64, out: &mut Vec<Cut>) {
-        let _ = self.split_inner(buf, disk_offset, &[], &mut |c: Cut, _: &[u8]| {
-            out.push(c);
-            Ok::<(), std::convert::Infallible>(())
-        });
+        let _ = self.split_inner(buf, disk_offset, &[], &mut collect_into(out));
     }
 
     /// Cuts a run of disk bytes in which the ranges `gaps` (sorted, disjoint, inside
@@ -141,10 +138,7 @@ impl Chunker {
         gaps: &[std::ops::Range<usize>],
         out: &mut Vec<Cut>,
     ) {
-        let _ = self.split_with_gaps_each(buf, disk_offset, gaps, |c: Cut, _: &[u8]| {
-            out.push(c);
-            Ok::<(), std::convert::Infallible>(())
-        });
+        let _ = self.split_with_gaps_each(buf, disk_offset, gaps, collect_into(out));
     }
 
     /// [`Chunker::split_with_gaps`] that hands each cut to `each` as soon as it is made,
@@ -262,7 +256,7 @@ impl Chunker {
     /// position is a cut if its hash clears the strict mask before `avg_size` and the
     /// loose mask from there to `max_size`, pairs of positions being tested, so an odd
     /// last byte never is). They are found from the window-hash candidates of
-    /// [`scan::scan`]: the first `mask width - 1` positions of each chunk, where the
+    /// [`Scan::run`]: the first `mask width - 1` positions of each chunk, where the
     /// chunk-local hash has not yet covered the whole mask, are hashed one by one;
     /// from there on the two hashes agree on every masked bit.
     fn cut_data<E>(
@@ -282,6 +276,12 @@ impl Chunker {
         // Positions that clear either mask clear the bits they share.
         let filter = mask_s & mask_l;
         let width = (64 - (mask_s | mask_l).leading_zeros()) as usize;
+        let scanner = Scan {
+            buf,
+            from,
+            gear: &self.gear,
+            filter,
+        };
         let mut cands: Vec<Candidate> = Vec::new();
         let (mut next, mut scanned) = (0usize, from);
         let mut pos = from;
@@ -299,7 +299,7 @@ impl Chunker {
                 let mut h = 0u64;
                 let mut found = None;
                 for (q, &b) in (pos + min..).zip(&buf[pos + min..exact_from]) {
-                    h = (h << 1).wrapping_add(self.gear[usize::from(b)]);
+                    h = scan::step(h, b, &self.gear);
                     if h & mask_at(q) == 0 {
                         found = Some(q);
                         break;
@@ -312,9 +312,7 @@ impl Chunker {
                             next = 0;
                         }
                         let window_end = (scanned + SCAN_WINDOW).min(to);
-                        scan::scan(
-                            buf, from, scanned, window_end, &self.gear, filter, &mut cands,
-                        );
+                        scanner.run(scanned, window_end, &mut cands);
                         scanned = window_end;
                     }
                     while cands.get(next).is_some_and(|c| c.pos < exact_from) {
@@ -339,6 +337,16 @@ impl Chunker {
             each(cut, bytes)?;
             pos += len;
         }
+        Ok(())
+    }
+}
+
+/// A cut callback that collects the cuts into `out` and never fails.
+fn collect_into(
+    out: &mut Vec<Cut>,
+) -> impl FnMut(Cut, &[u8]) -> Result<(), std::convert::Infallible> + '_ {
+    |c, _| {
+        out.push(c);
         Ok(())
     }
 }
