@@ -26,7 +26,10 @@ pub use error::IngestError;
 pub use extent::{push_merged, Extent, ExtentKind};
 pub use image_file::{ImageFile, MemFile, ReadAt};
 pub use open::{open_disk, probe_path, FileResolver, FsResolver, NoFiles, OpenOptions};
-pub use raw::{block_device_size, direct_reads_wanted, set_direct_reads, RawFile, DIRECT_IO_ENV};
+pub use raw::{
+    block_device_size, direct_io_allowed, direct_reads_wanted, set_direct_reads, RawFile,
+    DIRECT_IO_ENV,
+};
 pub use sequential::{ConcurrentSegments, Segment, Sequential, SequentialDisk, BUFFER_ALIGN};
 pub use stream::StreamDisk;
 pub use write::ImageWriter;

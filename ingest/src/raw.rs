@@ -38,8 +38,7 @@ impl RawFile {
     /// unless [`DIRECT_IO_ENV`] is `0` (or the file system refuses it); aligned reads use
     /// it while [`set_direct_reads`] allows (the default).
     pub fn open(path: &Path) -> Result<Self, IngestError> {
-        let direct = std::env::var_os(DIRECT_IO_ENV).is_none_or(|v| v != "0");
-        Self::open_with(path, direct)
+        Self::open_with(path, direct_io_allowed())
     }
 
     /// [`RawFile::open`], reading with `O_DIRECT` where `direct` is true and the file
@@ -110,6 +109,12 @@ pub fn block_device_size(file: &File) -> std::io::Result<u64> {
 /// backup read its raw sources directly, and unset leaves the choice of source reads to
 /// [`direct_reads_wanted`].
 pub const DIRECT_IO_ENV: &str = "VMVAULT_DIRECT_IO";
+
+/// Whether vmvault may use direct I/O at all: yes unless [`DIRECT_IO_ENV`] is `0`. Source
+/// reads, restore writes and pack writes all ask this.
+pub fn direct_io_allowed() -> bool {
+    std::env::var_os(DIRECT_IO_ENV).is_none_or(|v| v != "0")
+}
 
 /// Whether raw sources opened with a direct descriptor read through it (process-wide; set
 /// by the backup command once it knows what kind of backup it runs).

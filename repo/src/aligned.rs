@@ -8,11 +8,9 @@ use std::io;
 /// the source reader's, so one direct-I/O rule holds across the project.
 pub(crate) const BLOCK: usize = vmvault_ingest::BUFFER_ALIGN;
 
-/// Whether vmvault may write with direct I/O: yes unless `VMVAULT_DIRECT_IO`
-/// (`vmvault_ingest::DIRECT_IO_ENV`) is `0`, which turns direct source reads off too.
-pub(crate) fn direct_io_allowed() -> bool {
-    std::env::var_os(vmvault_ingest::DIRECT_IO_ENV).is_none_or(|v| v != "0")
-}
+/// Whether vmvault may write with direct I/O (the project's one rule, shared with the
+/// source reads: not with `VMVAULT_DIRECT_IO=0`).
+pub(crate) use vmvault_ingest::direct_io_allowed;
 
 /// Options that open a file for writing, with `O_DIRECT` when `direct`; the caller adds
 /// how the file is created.
