@@ -134,7 +134,7 @@ fn bench_aes(c: &mut Criterion<Clock>) {
     g.bench_function("encrypt_blob_128KiB", |b| {
         b.iter(|| {
             for (i, ch) in data.chunks_exact_mut(CHUNK).enumerate() {
-                black_box(cipher.encrypt_blob(40 + (i * CHUNK) as u64, &id, black_box(ch)));
+                black_box(cipher.encrypt_blob(40 + (i * CHUNK) as u64, &id.0, black_box(ch)));
             }
         })
     });
@@ -162,7 +162,7 @@ fn bench_pack(c: &mut Criterion<Clock>) {
     g.throughput(Throughput::Bytes(total as u64));
     g.bench_function("add_16MiB_finish", |b| {
         b.iter_batched(
-            || PackWriter::new(&keys, (17 << 20) + 4096).unwrap(),
+            || PackWriter::new(&keys, 2, (17 << 20) + 4096).unwrap(),
             |mut w| {
                 for (id, p) in &payloads {
                     w.add(*id, 0, 1, CHUNK as u32, p);

@@ -85,10 +85,12 @@ def main():
         k, v = line.split()
         lim[k] = float(v)
     alloc_mb = a.allocated / 1e6
-    # The bound is the zstd (+ BLAKE3) work of the chunks vmvault cuts; older limit files
-    # only have the 128 KiB-block rates.
-    bound_zstd = alloc_mb / (a.cores * lim.get("zstd_chunks", lim["zstd"]))
-    bound_zh = alloc_mb / (a.cores * lim.get("zstd_blake3_chunks", lim["zstd_blake3"]))
+    # The bound is the zstd (+ BLAKE3) work of what vmvault compresses: blobs of
+    # consecutive chunks (format version 2), else its chunks; older limit files only have
+    # the 128 KiB-block rates.
+    bound_zstd = alloc_mb / (a.cores * lim.get("zstd_blobs", lim.get("zstd_chunks", lim["zstd"])))
+    bound_zh = alloc_mb / (a.cores * lim.get("zstd_blake3_blobs",
+                                             lim.get("zstd_blake3_chunks", lim["zstd_blake3"])))
     block_zh = alloc_mb / (a.cores * lim["zstd_blake3"])
 
     def get(fmt, tool, step):
@@ -173,7 +175,9 @@ def main():
                      ("fastcdc", "FastCDC (vmvault's chunker, cut + zero scan + name)"),
                      ("zstd_blake3", "zstd + BLAKE3, 128 KiB blocks"),
                      ("zstd_chunks", f"zstd level {level}, vmvault's chunks"),
-                     ("zstd_blake3_chunks", "zstd + BLAKE3, vmvault's chunks (compression/hash bound)")):
+                     ("zstd_blake3_chunks", "zstd + BLAKE3, vmvault's chunks, each compressed alone"),
+                     ("zstd_blobs", f"zstd level {level}, vmvault's blobs (runs of new chunks up to 4 MiB)"),
+                     ("zstd_blake3_blobs", "zstd + BLAKE3, vmvault's blobs (compression/hash bound)")):
         if k in lim:
             w(f"| {label} | {lim[k]:.0f} |")
     if a.seq_read:

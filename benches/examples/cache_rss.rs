@@ -54,14 +54,11 @@ fn main() {
                 entries: Vec::new(),
             });
         }
-        batch.last_mut().unwrap().entries.push(PackEntry {
-            id,
-            offset: 40,
-            stored_len: 60000,
-            raw_len: 170000,
-            kind: 0,
-            compression: 1,
-        });
+        batch
+            .last_mut()
+            .unwrap()
+            .entries
+            .push(PackEntry::single(id, 40, 60000, 170000, 0, 1));
         in_batch += 1;
         if in_batch >= per {
             cache.add_index(&format!("idx{i}"), &batch).unwrap();

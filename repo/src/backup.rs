@@ -152,6 +152,8 @@ struct Shared<'r> {
     cancel: Option<Arc<AtomicBool>>,
     error: Mutex<Option<RepoError>>,
     level: i32,
+    /// The most chunk plaintext one data blob holds (0: one chunk per blob).
+    blob_size: usize,
     pack_target: usize,
     /// Packers `0..data_packers` take data chunks; the one after them takes manifests.
     data_packers: usize,
@@ -179,11 +181,31 @@ impl Shared<'_> {
         self.abort.load(Ordering::Relaxed)
     }
 
-    /// Deduplicates and, if new, compresses, encrypts and packs one chunk.
+    /// True when chunk `id` is new to the repository and to this run; from then on this
+    /// run owes it to a pack ([`Shared::store_blob`]).
+    fn claim(&self, id: &ChunkId) -> Result<bool> {
+        Ok(!self.cache.contains(id)? && self.pending.insert(*id))
+    }
+
+    /// Deduplicates and, if new, compresses, encrypts and packs one chunk as a blob of its
+    /// own.
     fn store_chunk(&self, id: ChunkId, bytes: &[u8], kind: u8, slot: usize) -> Result<bool> {
-        if self.cache.contains(&id)? || !self.pending.insert(id) {
+        if !self.claim(&id)? {
             return Ok(false);
         }
+        self.store_blob(bytes, &[(id, bytes.len() as u32)], kind, slot)?;
+        Ok(true)
+    }
+
+    /// Compresses, encrypts and packs one blob: `plain` is the bytes of `chunks` (claimed,
+    /// in order) one after the other.
+    fn store_blob(
+        &self,
+        plain: &[u8],
+        chunks: &[(ChunkId, u32)],
+        kind: u8,
+        slot: usize,
+    ) -> Result<()> {
         thread_local! {
             static SCRATCH: RefCell<CompressScratch> = const {
                 RefCell::new(CompressScratch { compressor: None, out: Vec::new() })
@@ -204,34 +226,33 @@ impl Shared<'_> {
                 return Err(RepoError::Invalid("zstd compressor missing".into()));
             };
             scratch.clear();
-            scratch.reserve(zstd::zstd_safe::compress_bound(bytes.len()));
+            scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
             let compressed =
-                comp.compress_to_buffer(bytes, scratch).is_ok() && scratch.len() < bytes.len();
+                comp.compress_to_buffer(plain, scratch).is_ok() && scratch.len() < plain.len();
             let (payload, compression) = if compressed {
                 (&scratch[..], COMPRESSION_ZSTD)
             } else {
-                (bytes, COMPRESSION_NONE)
+                (plain, COMPRESSION_NONE)
             };
-            self.add_to_pack(slot, id, kind, compression, bytes.len() as u32, payload)?;
+            self.add_to_pack(slot, kind, compression, payload, chunks)?;
             Ok(payload.len() + 16)
         })?;
         self.progress
             .new_raw
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
         self.progress
             .stored
             .fetch_add(stored as u64, Ordering::Relaxed);
-        Ok(true)
+        Ok(())
     }
 
     fn add_to_pack(
         &self,
         slot: usize,
-        id: ChunkId,
         kind: u8,
         compression: u8,
-        raw_len: u32,
         payload: &[u8],
+        chunks: &[(ChunkId, u32)],
     ) -> Result<()> {
         let full = {
             let mut p = self.packers[slot.min(self.packers.len() - 1)]
@@ -242,12 +263,16 @@ impl Shared<'_> {
                     .spare_buffers
                     .try_recv()
                     .unwrap_or_else(|_| Vec::with_capacity(self.pack_target + (1 << 20)));
-                *p = Some(PackWriter::with_buffer(self.repo.keys(), buf)?);
+                *p = Some(PackWriter::with_buffer(
+                    self.repo.keys(),
+                    self.repo.config().pack_version(),
+                    buf,
+                )?);
             }
             let Some(w) = p.as_mut() else {
                 return Err(RepoError::Invalid("pack writer missing".into()));
             };
-            w.add(id, kind, compression, raw_len, payload);
+            w.add_blob(kind, compression, payload, chunks);
             if w.len() >= self.pack_target {
                 p.take()
             } else {
@@ -357,7 +382,9 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<Seg
         })?;
     // Extents, in buffer coordinates, for naming the parts of zero cuts.
     let mut ext = 0usize;
-    // Each chunk is stored as soon as it is cut and hashed, while it is still in cache.
+    // New chunks that follow each other in the buffer, gathered into blobs of up to
+    // `blob_size` bytes (one chunk each when it is 0) and stored once the segment is cut.
+    let mut blobs: Vec<PendingBlob> = Vec::new();
     sh.chunker
         .split_with_gaps_each(buf, seg.offset, &gaps, |c: Cut, bytes: &[u8]| {
             match c.kind {
@@ -387,15 +414,43 @@ fn process_segment(sh: &Shared<'_>, seg: &Segment, buf: &mut [u8]) -> Result<Seg
                 CutKind::Data(id) => {
                     r.chunks += 1;
                     sh.progress.chunks.fetch_add(1, Ordering::Relaxed);
-                    if sh.store_chunk(id, bytes, KIND_DATA, slot)? {
+                    if sh.claim(&id)? {
                         sh.progress.new_chunks.fetch_add(1, Ordering::Relaxed);
+                        let len = bytes.len();
+                        match blobs.last_mut() {
+                            Some(b)
+                                if b.end == c.start && b.end - b.start + len <= sh.blob_size =>
+                            {
+                                b.end += len;
+                                b.chunks.push((id, len as u32));
+                            }
+                            _ => blobs.push(PendingBlob {
+                                start: c.start,
+                                end: c.start + len,
+                                chunks: vec![(id, len as u32)],
+                            }),
+                        }
                     }
                     push_entry(&mut r.entries, EntryKind::Data(id), c.len as u64);
                 }
             }
             Ok(())
         })?;
+    for b in &blobs {
+        let plain = buf
+            .get(b.start..b.end)
+            .ok_or_else(|| RepoError::Invalid("internal error: blob outside its segment".into()))?;
+        sh.store_blob(plain, &b.chunks, KIND_DATA, slot)?;
+    }
     Ok(r)
+}
+
+/// New chunks of a segment that will be stored as one blob: they lie one after the other
+/// at `start..end` of the segment's buffer.
+struct PendingBlob {
+    start: usize,
+    end: usize,
+    chunks: Vec<(ChunkId, u32)>,
 }
 
 /// Builds one disk's manifest pages in disk order.
@@ -682,7 +737,11 @@ fn upload_loop(
 ) -> Result<(u64, u64)> {
     let batch = Mutex::new(IndexBatch::default());
     let flush = |b: &mut IndexBatch| -> Result<()> {
-        let name = repo.put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&b.packs))?;
+        let name = repo.put_sealed(
+            FileKind::Index,
+            KIND_INDEX,
+            &encode_index(&b.packs, repo.config().pack_version()),
+        )?;
         cache.add_index(&name, &b.packs)?;
         pending.remove_all(b.packs.iter().flat_map(|p| p.entries.iter().map(|e| &e.id)));
         b.packs.clear();
@@ -818,6 +877,7 @@ pub fn backup(
         cancel: req.cancel.clone(),
         error: Mutex::new(None),
         level: config.compression.level,
+        blob_size: config.blob_size(),
         pack_target: config.pack_size_target as usize,
         data_packers,
         spare_buffers: spare_rx,

@@ -7,7 +7,7 @@
 //! decompressed and re-hashed; damaged chunks are named with the snapshots that use them.
 
 use crate::backend::FileKind;
-use crate::blob::{new_decompressor, open_blob};
+use crate::blob::{chunk_in_blob, new_decompressor, open_blob_plain};
 use crate::cache::IndexCache;
 use crate::crypto::MasterKeys;
 use crate::error::{RepoError, Result};
@@ -122,15 +122,15 @@ fn verify_pack(
             msgs.push(format!("pack {name} is damaged: {e}"));
             // Without a header, fall back to what the index says is inside.
             match decode_prefix(&bytes) {
-                Ok(salt) => (salt, listed.to_vec()),
+                Ok((salt, _)) => (salt, listed.to_vec()),
                 Err(_) => return (listed.iter().map(|e| e.id).collect(), msgs, n),
             }
         }
     };
     let mut entries = entries;
-    // Index files may list a blob twice; each must be decrypted (in place) only once.
-    entries.sort_by_key(|e| e.offset);
-    entries.dedup_by_key(|e| e.offset);
+    // Index files may list a chunk twice; each blob must be decrypted (in place) only once.
+    entries.sort_by_key(|e| (e.offset, e.chunk_offset, e.id.0));
+    entries.dedup();
     let mut bad = Vec::new();
     let cipher = keys.pack_cipher(&salt);
     let mut decompressor = match new_decompressor() {
@@ -139,23 +139,38 @@ fn verify_pack(
     };
     let mut scratch = Vec::new();
     let mut bytes = bytes;
-    for e in &entries {
+    for blob in entries.chunk_by(|a, b| a.offset == b.offset) {
+        let e = &blob[0];
+        let mut fail = |ids: &mut dyn Iterator<Item = ChunkId>, msg: String| {
+            bad.extend(ids);
+            msgs.push(msg);
+        };
+        if let Some(other) = blob.iter().find(|o| !o.same_blob(e)) {
+            fail(
+                &mut blob.iter().map(|e| e.id),
+                format!(
+                    "pack {name}: chunks {} and {} disagree about their blob at offset {}",
+                    e.id, other.id, e.offset
+                ),
+            );
+            continue;
+        }
         let Some(stored) = bytes.get_mut(e.offset as usize..e.end() as usize) else {
-            bad.push(e.id);
-            msgs.push(format!("chunk {} lies outside pack {name}", e.id));
+            fail(
+                &mut blob.iter().map(|e| e.id),
+                format!("chunk {} lies outside pack {name}", e.id),
+            );
             continue;
         };
-        if let Err(err) = open_blob(
-            keys,
-            &cipher,
-            name,
-            e,
-            stored,
-            &mut decompressor,
-            &mut scratch,
-        ) {
-            bad.push(e.id);
-            msgs.push(err.to_string());
+        match open_blob_plain(&cipher, name, e, stored, &mut decompressor, &mut scratch) {
+            Ok(plain) => {
+                for c in blob {
+                    if let Err(err) = chunk_in_blob(keys, name, c, plain) {
+                        fail(&mut std::iter::once(c.id), err.to_string());
+                    }
+                }
+            }
+            Err(err) => fail(&mut blob.iter().map(|e| e.id), err.to_string()),
         }
     }
     (bad, msgs, n)

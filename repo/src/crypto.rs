@@ -311,10 +311,10 @@ fn blob_nonce(offset: u64) -> [u8; 12] {
 const HEADER_NONCE: [u8; 12] = [0xff; 12];
 
 impl PackCipher {
-    /// Encrypts a blob destined for `offset` in place, bound to its chunk id; returns the
-    /// tag to append.
-    pub fn encrypt_blob(&self, offset: u64, id: &ChunkId, buf: &mut [u8]) -> [u8; TAG_LEN] {
-        seal_in_place(&self.0, blob_nonce(offset), &id.0, buf)
+    /// Encrypts a blob destined for `offset` in place, bound to `aad` (the chunk id of a
+    /// one-chunk blob, [`crate::format::pack::PackEntry::aad`]); returns the tag to append.
+    pub fn encrypt_blob(&self, offset: u64, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        seal_in_place(&self.0, blob_nonce(offset), aad, buf)
     }
 
     /// Decrypts a blob (`ciphertext || tag`) read from `offset` in place; returns the
@@ -322,10 +322,10 @@ impl PackCipher {
     pub fn decrypt_blob(
         &self,
         offset: u64,
-        id: &ChunkId,
+        aad: &[u8],
         buf: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        open_in_place(&self.0, blob_nonce(offset), &id.0, buf)
+        open_in_place(&self.0, blob_nonce(offset), aad, buf)
     }
 
     /// Encrypts the pack header in place; `prefix` is the pack's first 40 bytes.
@@ -403,19 +403,19 @@ mod tests {
         let c = k.pack_cipher(&[1; 32]);
         let id = k.chunk_id(b"data");
         let mut buf = b"data".to_vec();
-        let tag = c.encrypt_blob(40, &id, &mut buf);
+        let tag = c.encrypt_blob(40, &id.0, &mut buf);
         buf.extend_from_slice(&tag);
         let mut moved = buf.clone();
-        assert!(c.decrypt_blob(41, &id, &mut moved).is_err());
+        assert!(c.decrypt_blob(41, &id.0, &mut moved).is_err());
         let mut wrong_id = buf.clone();
         assert!(c
-            .decrypt_blob(40, &k.chunk_id(b"x"), &mut wrong_id)
+            .decrypt_blob(40, &k.chunk_id(b"x").0, &mut wrong_id)
             .is_err());
-        let n = c.decrypt_blob(40, &id, &mut buf).unwrap();
+        let n = c.decrypt_blob(40, &id.0, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"data");
         let other_pack = k.pack_cipher(&[2; 32]);
         let mut again = b"data".to_vec();
-        let tag2 = other_pack.encrypt_blob(40, &id, &mut again);
+        let tag2 = other_pack.encrypt_blob(40, &id.0, &mut again);
         assert_ne!(tag, tag2, "each pack must have its own key");
     }
 

@@ -6,14 +6,13 @@
 //! chunks it needs that are not in a byte-bounded LRU of decoded chunks, in parallel.
 //! When reads follow each other, the next chunks are fetched with the current ones.
 
-use crate::blob::read_chunk;
+use crate::blob::read_chunks;
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
 use crate::format::manifest::{EntryKind, ManifestEntry, ManifestRoot};
 use crate::format::snapshot::SnapshotDisk;
 use crate::repository::Repository;
 use crate::restore::{load_page, load_root};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use vmvault_chunker::ChunkId;
@@ -117,11 +116,7 @@ impl<'r> SnapshotDiskReader<'r> {
         missing.sort_unstable_by_key(|id| id.0);
         missing.dedup();
         let (repo, cache) = (self.repo, self.cache);
-        let fetched: Result<Vec<(ChunkId, Vec<u8>)>> = missing
-            .par_iter()
-            .map(|id| read_chunk(repo, cache, id).map(|b| (*id, b)))
-            .collect();
-        for (id, bytes) in fetched? {
+        for (id, bytes) in read_chunks(repo, cache, &missing)? {
             self.tick += 1;
             self.chunk_bytes += bytes.len();
             self.chunks.insert(id, (Arc::new(bytes), self.tick));

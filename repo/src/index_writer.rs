@@ -49,9 +49,11 @@ impl<'a> IndexWriter<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let name = self
-            .repo
-            .put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&self.batch))?;
+        let name = self.repo.put_sealed(
+            FileKind::Index,
+            KIND_INDEX,
+            &encode_index(&self.batch, self.repo.config().pack_version()),
+        )?;
         if let Some(c) = self.cache {
             c.add_index(&name, &self.batch)?;
         }

@@ -21,7 +21,7 @@ pub fn parse_pack(
     keys: &MasterKeys,
     bytes: &[u8],
 ) -> std::result::Result<([u8; 32], Vec<PackEntry>), String> {
-    let salt = decode_prefix(bytes).map_err(|e| e.0)?;
+    let (salt, version) = decode_prefix(bytes).map_err(|e| e.0)?;
     let n = bytes.len() as u64;
     let trailer = &bytes[bytes.len().saturating_sub(PACK_TRAILER_LEN as usize)..];
     let (start, len) = locate_header(n, trailer).map_err(|e| e.0)?;
@@ -30,7 +30,7 @@ pub fn parse_pack(
         .pack_cipher(&salt)
         .decrypt_header(&bytes[..PACK_PREFIX_LEN as usize], &mut header)
         .map_err(|e| format!("header: {e}"))?;
-    let entries = decode_header(&header[..plain_len], start).map_err(|e| e.0)?;
+    let entries = decode_header(&header[..plain_len], start, version).map_err(|e| e.0)?;
     Ok((salt, entries))
 }
 
@@ -72,7 +72,7 @@ pub fn read_index_record(
             .map_err(|e| io_err(FileKind::Pack, name, e))
     };
     let prefix = get(0, PACK_PREFIX_LEN)?;
-    let salt = decode_prefix(&prefix).map_err(|e| corrupt(e.0))?;
+    let (salt, version) = decode_prefix(&prefix).map_err(|e| corrupt(e.0))?;
     let tail_len = TAIL_GUESS.min(size - PACK_PREFIX_LEN);
     let tail_start = size - tail_len;
     let tail = get(tail_start, tail_len)?;
@@ -88,7 +88,7 @@ pub fn read_index_record(
         .pack_cipher(&salt)
         .decrypt_header(&prefix, &mut header)
         .map_err(|e| corrupt(format!("header: {e}")))?;
-    let entries = decode_header(&header[..plain_len], start).map_err(|e| corrupt(e.0))?;
+    let entries = decode_header(&header[..plain_len], start, version).map_err(|e| corrupt(e.0))?;
     Ok(IndexPack {
         name: pack_id(name)?,
         salt,

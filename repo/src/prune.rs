@@ -14,10 +14,11 @@
 //! (packs listed by no index file are deleted). The caller holds an exclusive lock.
 
 use crate::backend::FileKind;
+use crate::blob::{chunk_in_blob, open_blob_plain};
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
 use crate::format::index::{decode_index, IndexPack};
-use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
+use crate::format::pack::PackEntry;
 use crate::format::sealed::KIND_INDEX;
 use crate::index_writer::IndexWriter;
 use crate::pack_header::read_index_record;
@@ -341,6 +342,7 @@ pub fn prune(
         Ok(p.index)
     };
     let mut decompressor = crate::blob::new_decompressor()?;
+    let mut scratch = Vec::new();
     let mut to_repack: Vec<[u8; 32]> = fates
         .iter()
         .filter(|(_, f)| **f == Fate::Repack)
@@ -355,49 +357,63 @@ pub fn prune(
         let size = stored.get(pack).copied().unwrap_or(0);
         let record = read_index_record(repo.keys(), repo.backend().as_ref(), &name, size)?;
         let m = &marks[pack];
-        let mut used: Vec<PackEntry> = record
+        // Every chunk of a used blob: a blob is copied whole, with all the chunks it holds
+        // (FORMAT.md section 17).
+        let used: Vec<PackEntry> = record
             .entries
             .iter()
             .filter(|e| m.is_used(e.offset))
             .copied()
             .collect();
-        used.sort_by_key(|e| e.offset);
-        used.dedup_by_key(|e| e.offset);
+        let blobs: Vec<&[PackEntry]> = used.chunk_by(|a, b| a.offset == b.offset).collect();
         let marked: u32 = m.used.iter().map(|w| w.count_ones()).sum();
-        if used.len() != marked as usize {
+        if blobs.len() != marked as usize {
             return Err(RepoError::corrupt(
                 FileKind::Pack,
                 &name,
                 format!(
                     "its header lists {} of the {marked} blobs the index says are in use; nothing was deleted",
-                    used.len()
+                    blobs.len()
                 ),
             ));
         }
         let cipher = repo.keys().pack_cipher(&record.salt);
         let mut i = 0;
-        while i < used.len() {
-            let start = used[i].offset;
-            let mut end = used[i].end();
+        while i < blobs.len() {
+            let start = blobs[i][0].offset;
+            let mut end = blobs[i][0].end();
             let mut j = i + 1;
-            while j < used.len() && used[j].offset <= end + COALESCE_GAP {
-                end = end.max(used[j].end());
+            while j < blobs.len() && blobs[j][0].offset <= end + COALESCE_GAP {
+                end = end.max(blobs[j][0].end());
                 j += 1;
             }
             let mut range = repo
                 .backend()
                 .get_range(FileKind::Pack, &name, start, end - start)
                 .map_err(|e| io_err(FileKind::Pack, &name, e))?;
-            for e in &used[i..j] {
+            for blob in &blobs[i..j] {
+                let e = &blob[0];
                 let from = (e.offset - start) as usize;
                 let stored_blob = &mut range[from..from + e.stored_len as usize];
-                let payload =
-                    decrypt_and_verify(repo, &cipher, &name, e, stored_blob, &mut decompressor)?;
+                let payload = decrypt_and_verify(
+                    repo,
+                    &cipher,
+                    &name,
+                    blob,
+                    stored_blob,
+                    &mut decompressor,
+                    &mut scratch,
+                )?;
                 let w = match writer.as_mut() {
                     Some(w) => w,
-                    None => writer.insert(PackWriter::new(repo.keys(), target + (1 << 20))?),
+                    None => writer.insert(PackWriter::new(
+                        repo.keys(),
+                        repo.config().pack_version(),
+                        target + (1 << 20),
+                    )?),
                 };
-                w.add(e.id, e.kind, e.compression, e.raw_len, payload);
+                let chunks: Vec<(ChunkId, u32)> = blob.iter().map(|c| (c.id, c.raw_len)).collect();
+                w.add_blob(e.kind, e.compression, payload, &chunks);
                 if w.len() >= target {
                     if let Some(full) = writer.take() {
                         new_records.push(flush_pack(full, &mut report)?);
@@ -470,33 +486,27 @@ fn read_index(repo: &Repository, name: &str) -> Result<Vec<IndexPack>> {
     decode_index(&plain).map_err(|e| RepoError::corrupt(FileKind::Index, name, e.0))
 }
 
-/// Decrypts one blob in place and checks it (decompressing if needed, recomputing its
-/// id); returns the stored payload (still compressed) to copy into a new pack.
+/// Decrypts one blob in place and checks every chunk `blob` (its entries) names in it
+/// (decompressing once if needed, recomputing each id); returns the stored payload (still
+/// compressed) to copy into a new pack.
 fn decrypt_and_verify<'a>(
     repo: &Repository,
     cipher: &crate::crypto::PackCipher,
     pack: &str,
-    e: &PackEntry,
+    blob: &[PackEntry],
     stored: &'a mut [u8],
     decompressor: &mut zstd::bulk::Decompressor<'static>,
+    scratch: &mut Vec<u8>,
 ) -> Result<&'a [u8]> {
-    let bad = |reason: String| RepoError::corrupt(FileKind::Pack, pack, reason);
-    let n = cipher
-        .decrypt_blob(e.offset, &e.id, stored)
-        .map_err(|err| bad(format!("chunk {} at offset {}: {err}", e.id, e.offset)))?;
-    let payload = &stored[..n];
-    let id = match e.compression {
-        COMPRESSION_NONE => repo.keys().chunk_id(payload),
-        COMPRESSION_ZSTD => {
-            let plain = decompressor
-                .decompress(payload, e.raw_len as usize)
-                .map_err(|err| bad(format!("chunk {}: zstd: {err}", e.id)))?;
-            repo.keys().chunk_id(&plain)
-        }
-        c => return Err(bad(format!("chunk {}: unknown compression {c}", e.id))),
+    let Some(e) = blob.first() else {
+        return Err(RepoError::Invalid("internal error: empty blob".into()));
     };
-    if id != e.id {
-        return Err(bad(format!("chunk {} does not hash to its id", e.id)));
+    {
+        let plain = open_blob_plain(cipher, pack, e, stored, decompressor, scratch)?;
+        for c in blob {
+            chunk_in_blob(repo.keys(), pack, c, plain)?;
+        }
     }
-    Ok(payload)
+    let n = stored.len().saturating_sub(16);
+    Ok(&stored[..n])
 }

@@ -233,9 +233,11 @@ impl TreeWriter<'_> {
         let target = self.repo.config().pack_size_target as usize;
         let w = match self.writer.as_mut() {
             Some(w) => w,
-            None => self
-                .writer
-                .insert(PackWriter::new(self.repo.keys(), target)?),
+            None => self.writer.insert(PackWriter::new(
+                self.repo.keys(),
+                self.repo.config().pack_version(),
+                target,
+            )?),
         };
         w.add(id, KIND_TREE, compression, plain.len() as u32, payload);
         self.written.insert(id);
@@ -268,9 +270,11 @@ impl TreeWriter<'_> {
         if self.index.is_empty() {
             return Ok(());
         }
-        let name = self
-            .repo
-            .put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&self.index))?;
+        let name = self.repo.put_sealed(
+            FileKind::Index,
+            KIND_INDEX,
+            &encode_index(&self.index, self.repo.config().pack_version()),
+        )?;
         cache.add_index(&name, &self.index)?;
         self.index.clear();
         Ok(())

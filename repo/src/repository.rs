@@ -107,7 +107,7 @@ impl Repository {
             )));
         }
         let keys = MasterKeys::generate().map_err(|e| RepoError::Invalid(e.to_string()))?;
-        let mut config = Config::new_v1(new_repository_id()?, now_rfc3339(), &chunker);
+        let mut config = Config::new_current(new_repository_id()?, now_rfc3339(), &chunker);
         config.compression.level = level;
         Self::create(backend, password, kdf, keys, config)
     }

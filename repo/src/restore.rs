@@ -9,7 +9,7 @@
 
 use crate::aligned::AlignedBuf;
 use crate::backend::FileKind;
-use crate::blob::{new_decompressor, open_blob, read_chunk};
+use crate::blob::{chunk_in_blob, new_decompressor, open_blob_plain, read_chunk};
 use crate::cache::{ChunkLocation, IndexCache};
 use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
@@ -213,39 +213,47 @@ fn restore_batch_with(
                 .read_range_into(FileKind::Pack, &pack_name, start, &mut scratch.range[..len])
                 .map_err(|e| io_err(FileKind::Pack, &pack_name, e))?;
             progress.fetched.fetch_add(end - start, Ordering::Relaxed);
-            // Items are sorted by blob offset; a chunk used at several disk offsets
-            // appears as a run of equal offsets and is decoded once.
-            let mut k = i;
-            while k < j {
-                let loc = items[k].0;
-                let mut same = k + 1;
-                while same < j && items[same].0.entry.offset == loc.entry.offset {
-                    same += 1;
+            // Items are sorted by blob offset, then by the chunk's place in the blob: each
+            // blob is decoded once, and a chunk used at several disk offsets (a run of
+            // equal entries) is checked once.
+            items[i..j].sort_by_key(|(l, _)| (l.entry.offset, l.entry.chunk_offset, l.entry.id.0));
+            for blob in items[i..j].chunk_by(|a, b| a.0.entry.offset == b.0.entry.offset) {
+                let first = &blob[0].0.entry;
+                if let Some((other, _)) = blob.iter().find(|(l, _)| !l.entry.same_blob(first)) {
+                    return Err(RepoError::corrupt(
+                        FileKind::Pack,
+                        &pack_name,
+                        format!(
+                            "the index disagrees about the blob of chunks {} and {}",
+                            first.id, other.entry.id
+                        ),
+                    ));
                 }
-                let from = (loc.entry.offset - start) as usize;
-                let stored = &mut scratch.range[from..from + loc.entry.stored_len as usize];
-                let plain = open_blob(
-                    repo.keys(),
+                let from = (first.offset - start) as usize;
+                let stored = &mut scratch.range[from..from + first.stored_len as usize];
+                let plain = open_blob_plain(
                     &cipher,
                     &pack_name,
-                    &loc.entry,
+                    first,
                     stored,
                     &mut scratch.decompressor,
                     &mut scratch.plain,
                 )?;
-                for (_, placed) in &items[k..same] {
-                    if plain.len() != placed.len as usize {
-                        return Err(RepoError::corrupt(
-                            FileKind::Pack,
-                            &pack_name,
-                            format!("chunk {} has the wrong length for its place", placed.id),
-                        ));
+                for uses in blob.chunk_by(|a, b| a.0.entry == b.0.entry) {
+                    let chunk = chunk_in_blob(repo.keys(), &pack_name, &uses[0].0.entry, plain)?;
+                    for (_, placed) in uses {
+                        if chunk.len() != placed.len as usize {
+                            return Err(RepoError::corrupt(
+                                FileKind::Pack,
+                                &pack_name,
+                                format!("chunk {} has the wrong length for its place", placed.id),
+                            ));
+                        }
+                        let placed_bytes = put(placed, chunk)?;
+                        written += placed_bytes;
+                        progress.done.fetch_add(placed_bytes, Ordering::Relaxed);
                     }
-                    let placed_bytes = put(placed, plain)?;
-                    written += placed_bytes;
-                    progress.done.fetch_add(placed_bytes, Ordering::Relaxed);
                 }
-                k = same;
             }
             i = j;
         }

@@ -11,8 +11,11 @@
 //! chunker cutting and naming the data), `zstd_blake3` (zstd and BLAKE3 in turn: the
 //! compression/hash bound of one core), and the same two for the chunks vmvault's chunker
 //! actually cuts (default parameters, 4 MiB segments, zero runs left out as a backup
-//! leaves them): `zstd_chunks` and `zstd_blake3_chunks`, in bytes of FILE per second, so
-//! that FILE's size divided by either is the time that work takes. Chunks vary from 32 to
+//! leaves them): `zstd_chunks` and `zstd_blake3_chunks`, and for the blobs a version 2
+//! repository compresses (runs of consecutive chunks of one segment, up to 4 MiB; FORMAT.md
+//! section 6): `zstd_blobs` and `zstd_blake3_blobs` (zstd of the blobs, BLAKE3 of their
+//! chunks: the compression/hash bound of vmvault's default settings), in bytes of FILE
+//! per second, so that FILE's size divided by either is the time that work takes. Chunks vary from 32 to
 //! 512 KiB (173 KiB on average on the benchmark disk); zstd picks larger match tables for
 //! larger inputs, so they compress better and slower than 128 KiB blocks. MB is 10^6
 //! bytes.
@@ -24,6 +27,8 @@ use vmvault_chunker::{ChunkerParams, CutKind};
 use vmvault_repo::crypto::MasterKeys;
 
 const BLOCK: usize = 128 << 10;
+/// The most a version 2 blob holds by default (`compression.blob_size`).
+const BLOB_SIZE: usize = 4 << 20;
 const MAX_BYTES: u64 = 4 << 30;
 
 fn main() {
@@ -52,7 +57,7 @@ fn main() {
     let mut sealed = data.clone();
     let aes_s = time(|| {
         for (i, b) in sealed.chunks_mut(BLOCK).enumerate() {
-            black_box(cipher.encrypt_blob(40 + (i * BLOCK) as u64, &id, b));
+            black_box(cipher.encrypt_blob(40 + (i * BLOCK) as u64, &id.0, b));
         }
     });
     let chunker = keys.chunker(ChunkerParams::default_v1());
@@ -65,17 +70,42 @@ fn main() {
         }
     });
     let mut chunks: Vec<&[u8]> = Vec::new();
+    let mut blobs: Vec<&[u8]> = Vec::new();
     for seg in data.chunks(4 << 20) {
         cuts.clear();
         chunker.split(seg, 0, &mut cuts);
+        // (start, end) of the blob being gathered: data cuts that follow each other.
+        let mut open: Option<(usize, usize)> = None;
         for c in &cuts {
-            if let CutKind::Data(_) = c.kind {
-                chunks.push(&seg[c.start..c.start + c.len]);
+            match c.kind {
+                CutKind::Data(_) => {
+                    chunks.push(&seg[c.start..c.start + c.len]);
+                    open = match open {
+                        Some((s, e)) if e == c.start && e - s + c.len <= BLOB_SIZE => {
+                            Some((s, e + c.len))
+                        }
+                        other => {
+                            if let Some((s, e)) = other {
+                                blobs.push(&seg[s..e]);
+                            }
+                            Some((c.start, c.start + c.len))
+                        }
+                    };
+                }
+                CutKind::Zero => {
+                    if let Some((s, e)) = open.take() {
+                        blobs.push(&seg[s..e]);
+                    }
+                }
             }
+        }
+        if let Some((s, e)) = open {
+            blobs.push(&seg[s..e]);
         }
     }
     let zstd_chunks_s = zstd_secs(&mut comp, &chunks);
     let blake_chunks_s = blake3_secs(&keys, &chunks);
+    let zstd_blobs_s = zstd_secs(&mut comp, &blobs);
     println!("bytes {}", data.len());
     println!("zstd_level {level}");
     println!("zstd {:.1}", mb / zstd_s);
@@ -87,6 +117,11 @@ fn main() {
     println!(
         "zstd_blake3_chunks {:.1}",
         mb / (zstd_chunks_s + blake_chunks_s)
+    );
+    println!("zstd_blobs {:.1}", mb / zstd_blobs_s);
+    println!(
+        "zstd_blake3_blobs {:.1}",
+        mb / (zstd_blobs_s + blake_chunks_s)
     );
 }
 

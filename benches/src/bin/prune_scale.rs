@@ -73,13 +73,15 @@ fn main() {
         let count = PER_PACK.min(chunks - n);
         let stored = u64::from(CHUNK_LEN) / 2 + 16;
         let entries: Vec<PackEntry> = (0..count)
-            .map(|i| PackEntry {
-                id: id(n + i),
-                offset: 40 + i * stored,
-                stored_len: stored as u32,
-                raw_len: CHUNK_LEN,
-                kind: KIND_DATA,
-                compression: 1,
+            .map(|i| {
+                PackEntry::single(
+                    id(n + i),
+                    40 + i * stored,
+                    stored as u32,
+                    CHUNK_LEN,
+                    KIND_DATA,
+                    1,
+                )
             })
             .collect();
         let size = 40 + count * stored + 4096;
@@ -98,18 +100,18 @@ fn main() {
         in_batch += count;
         n += count;
         if in_batch >= PER_INDEX {
-            put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch));
+            put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch, 2));
             batch.clear();
             in_batch = 0;
         }
     }
     if !batch.is_empty() {
-        put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch));
+        put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&batch, 2));
     }
 
     // Snapshots: snapshot k uses chunks [k*chunks/8, k*chunks/8 + chunks/2).
     let page_chunks = repo.config().manifest_page_size / u64::from(CHUNK_LEN);
-    let mut tree = PackWriter::new(keys, 64 << 20).unwrap_or_else(|e| die(e.to_string()));
+    let mut tree = PackWriter::new(keys, 2, 64 << 20).unwrap_or_else(|e| die(e.to_string()));
     let add_tree = |tree: &mut PackWriter, plain: &[u8]| -> ChunkId {
         let cid = keys.chunk_id(plain);
         tree.add(cid, KIND_TREE, COMPRESSION_NONE, plain.len() as u32, plain);
@@ -166,7 +168,7 @@ fn main() {
     backend
         .put(FileKind::Pack, &pack_name, &p.bytes)
         .unwrap_or_else(|e| die(format!("tree pack: {e}")));
-    put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&[p.index]));
+    put_sealed(FileKind::Index, KIND_INDEX, &encode_index(&[p.index], 2));
     for s in &snaps {
         put_sealed(FileKind::Snapshot, KIND_SNAPSHOT, &s.encode());
     }

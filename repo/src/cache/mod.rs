@@ -35,7 +35,9 @@ pub struct ChunkLocation {
     pub entry: PackEntry,
 }
 
-const CHUNK_REC: usize = 82;
+const CHUNK_REC: usize = 90;
+/// Version of the `state` file and run records; a cache of another version is rebuilt.
+const CACHE_VERSION: u32 = 2;
 const PACK_REC: usize = 72;
 /// Entries gathered from index files before a run is written while catching up.
 const ABSORB_BATCH: usize = 256 * 1024;
@@ -49,6 +51,8 @@ fn encode_location(loc: &ChunkLocation) -> [u8; CHUNK_REC] {
     v[76..80].copy_from_slice(&loc.entry.raw_len.to_le_bytes());
     v[80] = loc.entry.kind;
     v[81] = loc.entry.compression;
+    v[82..86].copy_from_slice(&loc.entry.chunk_offset.to_le_bytes());
+    v[86..90].copy_from_slice(&loc.entry.blob_len.to_le_bytes());
     v
 }
 
@@ -67,6 +71,8 @@ fn decode_location(v: &[u8]) -> Option<ChunkLocation> {
             raw_len: u32::from_le_bytes(arr(76..80)?.try_into().ok()?),
             kind: *v.get(80)?,
             compression: *v.get(81)?,
+            chunk_offset: u32::from_le_bytes(arr(82..86)?.try_into().ok()?),
+            blob_len: u32::from_le_bytes(arr(86..90)?.try_into().ok()?),
         },
     })
 }
@@ -207,7 +213,7 @@ impl IndexCache {
     fn read_state(dir: &Path) -> Option<Live> {
         let bytes = std::fs::read(dir.join("state")).ok()?;
         let st: StateFile = serde_json::from_slice(&bytes).ok()?;
-        if st.version != 1 {
+        if st.version != CACHE_VERSION {
             return None;
         }
         let open_all = |names: &[String], rec: usize| -> Option<Vec<(String, Arc<Run>)>> {
@@ -229,7 +235,7 @@ impl IndexCache {
 
     fn write_state(&self, live: &Live) -> Result<()> {
         let st = StateFile {
-            version: 1,
+            version: CACHE_VERSION,
             chunk_runs: live.chunk_runs.iter().map(|(n, _)| n.clone()).collect(),
             pack_runs: live.pack_runs.iter().map(|(n, _)| n.clone()).collect(),
             index_files: live.index_files.clone(),

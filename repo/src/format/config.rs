@@ -22,7 +22,25 @@ pub struct CompressionConfig {
     pub algorithm: String,
     /// zstd level.
     pub level: i32,
+    /// Version 2: the most chunk plaintext one blob holds (FORMAT.md section 6). Absent
+    /// (0) in version 1 configs, whose blobs hold one chunk each.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blob_size: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The newest repository format version, written by `init`.
+pub const CURRENT_VERSION: u32 = 2;
+
+/// The blob size of new repositories: one segment of new chunks per blob
+/// (ARCHITECTURE.md, "Compression units").
+pub const DEFAULT_BLOB_SIZE: u32 = 4 << 20;
+
+/// The largest blob plaintext a config may ask for (readers refuse larger blobs).
+pub const MAX_BLOB_SIZE: u32 = 16 << 20;
 
 /// The zstd level of new repositories (docs/PERFORMANCE.md, "Trade-offs").
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -34,7 +52,7 @@ pub const MAX_COMPRESSION_LEVEL: i32 = 22;
 /// The repository config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Config {
-    /// Format version, 1.
+    /// Format version, 1 or 2 ([`CURRENT_VERSION`]).
     pub version: u32,
     /// Random repository id (hex).
     pub id: String,
@@ -51,10 +69,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// A new config with the v1 defaults.
-    pub fn new_v1(id: String, created: String, chunker: &ChunkerParams) -> Self {
+    /// A new config of the current version with the default settings.
+    pub fn new_current(id: String, created: String, chunker: &ChunkerParams) -> Self {
         Config {
-            version: 1,
+            version: CURRENT_VERSION,
             id,
             created,
             chunker: ChunkerConfig {
@@ -64,9 +82,29 @@ impl Config {
             compression: CompressionConfig {
                 algorithm: "zstd".into(),
                 level: DEFAULT_COMPRESSION_LEVEL,
+                blob_size: DEFAULT_BLOB_SIZE,
             },
             pack_size_target: 16 << 20,
             manifest_page_size: 1 << 30,
+        }
+    }
+
+    /// The pack and index format version writers use (FORMAT.md sections 6 and 7).
+    pub fn pack_version(&self) -> u8 {
+        if self.version >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The most chunk plaintext a writer puts into one data blob; 0 means one chunk per
+    /// blob (version 1).
+    pub fn blob_size(&self) -> usize {
+        if self.version >= 2 {
+            self.compression.blob_size as usize
+        } else {
+            0
         }
     }
 
@@ -85,10 +123,20 @@ impl Config {
 
     /// Checks every invariant readers rely on.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.version != 1 {
+        if !(1..=CURRENT_VERSION).contains(&self.version) {
             return Err(DecodeError::new(format!(
-                "unsupported repository version {} (this vmvault reads version 1)",
+                "unsupported repository version {} (this vmvault reads versions 1 and {CURRENT_VERSION})",
                 self.version
+            )));
+        }
+        let blob_ok = match self.version {
+            1 => self.compression.blob_size == 0,
+            _ => (1..=MAX_BLOB_SIZE).contains(&self.compression.blob_size),
+        };
+        if !blob_ok {
+            return Err(DecodeError::new(format!(
+                "compression.blob_size {} is not allowed in a version {} repository",
+                self.compression.blob_size, self.version
             )));
         }
         if self.chunker.algorithm != "fastcdc2020-keyed-gear" {

@@ -15,13 +15,13 @@
 //! small inputs. Without that allocator the check is skipped ([`counting_active`]).
 
 use super::config::Config;
-use super::index::{decode_index, encode_index};
+use super::index::{decode_index, encode_index, INDEX_MAGIC_V2};
 use super::keyfile::KeyFile;
 use super::lock::LockInfo;
 use super::manifest::{decode_page, encode_page, EntryKind, ManifestRoot};
 use super::pack::{
-    decode_header, decode_prefix, encode_header, locate_header, PackEntry, ENTRY_LEN,
-    MAX_HEADER_LEN, PACK_MAGIC, PACK_PREFIX_LEN, PACK_TRAILER_LEN,
+    decode_header, decode_prefix, encode_header, entry_len, locate_header, PackEntry,
+    MAX_BLOB_PLAIN, MAX_HEADER_LEN, PACK_MAGIC, PACK_PREFIX_LEN, PACK_TRAILER_LEN,
 };
 use super::sealed::{SealedHeader, SEALED_HEADER_LEN};
 use super::snapshot::Snapshot;
@@ -186,16 +186,36 @@ fn bounded_with(data: &[u8], slack: usize, f: impl FnOnce(&[u8])) {
     );
 }
 
-/// Checks what `decode_header` promises about entries of a header at `header_offset`.
+/// Checks what `decode_header` promises about entries of a header at `header_offset`:
+/// blobs tile `[40, header_offset)` and the chunks of each blob tile its plaintext.
 fn check_tiling(entries: &[PackEntry], header_offset: u64) {
-    let mut expect = PACK_PREFIX_LEN;
+    let mut blob_end = PACK_PREFIX_LEN;
+    let mut chunk_end = 0u64;
+    let mut current: Option<PackEntry> = None;
     for e in entries {
         check_entry(e);
-        assert_eq!(e.offset, expect, "pack entries do not tile");
-        expect = e.offset + u64::from(e.stored_len);
+        match current {
+            Some(c) if c.offset == e.offset => {
+                assert!(c.same_blob(e), "entries of one blob disagree");
+                assert_eq!(u64::from(e.chunk_offset), chunk_end, "chunks do not tile");
+            }
+            _ => {
+                if let Some(c) = current {
+                    assert_eq!(chunk_end, u64::from(c.blob_len), "blob not filled");
+                }
+                assert_eq!(e.offset, blob_end, "pack entries do not tile");
+                assert_eq!(e.chunk_offset, 0, "a blob's first chunk must start it");
+                blob_end = e.offset + u64::from(e.stored_len);
+                current = Some(*e);
+            }
+        }
+        chunk_end = u64::from(e.chunk_offset) + u64::from(e.raw_len);
+    }
+    if let Some(c) = current {
+        assert_eq!(chunk_end, u64::from(c.blob_len), "blob not filled");
     }
     assert_eq!(
-        expect, header_offset,
+        blob_end, header_offset,
         "pack entries do not end at the header"
     );
 }
@@ -205,6 +225,8 @@ fn check_entry(e: &PackEntry) {
     assert!(e.kind <= 1 && e.compression <= 1);
     assert!(e.stored_len >= TAG_LEN as u32);
     assert!(e.raw_len <= MAX_CHUNK);
+    assert!(e.blob_len <= MAX_BLOB_PLAIN);
+    assert!(u64::from(e.chunk_offset) + u64::from(e.raw_len) <= u64::from(e.blob_len));
     assert!(e.offset >= PACK_PREFIX_LEN);
     assert!(e.offset.checked_add(u64::from(e.stored_len)).is_some());
 }
@@ -222,10 +244,17 @@ pub fn pack_header(data: &[u8]) {
 }
 
 fn pack_header_inner(data: &[u8]) {
-    if let Ok(salt) = decode_prefix(data) {
-        assert_eq!(&data[..8], PACK_MAGIC);
-        assert_eq!(&data[8..40], &salt);
-    }
+    // The version the reader takes from the prefix; a header behind a bad prefix is
+    // still decoded (as version 1), to reach the header parser with any bytes.
+    let version = match decode_prefix(data) {
+        Ok((salt, version)) => {
+            assert_eq!(&data[..7], PACK_MAGIC);
+            assert_eq!(data[7], version);
+            assert_eq!(&data[8..40], &salt);
+            version
+        }
+        Err(_) => 1,
+    };
     let pack_size = data.len() as u64;
     let trailer = &data[data.len().saturating_sub(PACK_TRAILER_LEN as usize)..];
     let Ok((start, len)) = locate_header(pack_size, trailer) else {
@@ -236,7 +265,7 @@ fn pack_header_inner(data: &[u8]) {
     assert_eq!(start + u64::from(len) + PACK_TRAILER_LEN, pack_size);
     let header = &data[start as usize..start as usize + len as usize];
     let plain = &header[..header.len() - TAG_LEN];
-    let Ok(entries) = decode_header(plain, start) else {
+    let Ok(entries) = decode_header(plain, start, version) else {
         return;
     };
     check_tiling(&entries, start);
@@ -244,10 +273,11 @@ fn pack_header_inner(data: &[u8]) {
         // Every blob lies inside the bytes before the header.
         assert!(e.offset + u64::from(e.stored_len) <= start);
     }
-    let again = encode_header(&entries);
+    let again = encode_header(&entries, version);
     assert_eq!(again.len(), plain.len());
-    assert_eq!(again.len(), 4 + entries.len() * ENTRY_LEN);
-    let redecoded = decode_header(&again, start).expect("re-encoded pack header must decode");
+    assert_eq!(again.len(), 4 + entries.len() * entry_len(version));
+    let redecoded =
+        decode_header(&again, start, version).expect("re-encoded pack header must decode");
     assert_eq!(redecoded, entries);
 }
 
@@ -268,7 +298,12 @@ fn index_inner(data: &[u8]) {
             assert!(end.is_some_and(|end| end <= p.size), "blob beyond its pack");
         }
     }
-    let again = encode_index(&packs);
+    let version = if data.starts_with(INDEX_MAGIC_V2) {
+        2
+    } else {
+        1
+    };
+    let again = encode_index(&packs, version);
     assert_eq!(again.len(), data.len());
     let redecoded = decode_index(&again).expect("re-encoded index must decode");
     assert_eq!(redecoded, packs);
