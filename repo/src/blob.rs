@@ -90,6 +90,29 @@ pub fn open_blob<'a>(
     chunk_in_blob(keys, pack_name, e, blob)
 }
 
+/// Checks that `entries`, listed for one blob, agree about it ([`PackEntry::same_blob`]),
+/// so that decoding the blob once with the first of them serves all.
+pub fn one_blob<'e>(
+    pack_name: &str,
+    entries: impl IntoIterator<Item = &'e PackEntry>,
+) -> Result<()> {
+    let mut entries = entries.into_iter();
+    let Some(first) = entries.next() else {
+        return Ok(());
+    };
+    match entries.find(|e| !e.same_blob(first)) {
+        None => Ok(()),
+        Some(other) => Err(RepoError::corrupt(
+            FileKind::Pack,
+            pack_name,
+            format!(
+                "chunks {} and {} disagree about their blob at offset {}",
+                first.id, other.id, first.offset
+            ),
+        )),
+    }
+}
+
 /// A zstd decompressor for [`open_blob`].
 pub fn new_decompressor() -> Result<zstd::bulk::Decompressor<'static>> {
     zstd::bulk::Decompressor::new().map_err(|e| RepoError::Invalid(format!("zstd: {e}")))
@@ -142,16 +165,7 @@ fn read_blob_chunks(
     let Some(first) = entries.first() else {
         return Ok(Vec::new());
     };
-    if let Some(other) = entries.iter().find(|e| !e.same_blob(first)) {
-        return Err(RepoError::corrupt(
-            FileKind::Pack,
-            &pack_name,
-            format!(
-                "the index disagrees about the blob of chunks {} and {}",
-                first.id, other.id
-            ),
-        ));
-    }
+    one_blob(&pack_name, entries)?;
     let (salt, _) = cache.pack_info(pack)?.ok_or_else(|| RepoError::NotFound {
         kind: FileKind::Index,
         name: format!("entry for pack {pack_name}"),

@@ -7,7 +7,7 @@
 //! decompressed and re-hashed; damaged chunks are named with the snapshots that use them.
 
 use crate::backend::FileKind;
-use crate::blob::{chunk_in_blob, new_decompressor, open_blob_plain};
+use crate::blob::{chunk_in_blob, new_decompressor, one_blob, open_blob_plain};
 use crate::cache::IndexCache;
 use crate::crypto::MasterKeys;
 use crate::error::{RepoError, Result};
@@ -145,14 +145,8 @@ fn verify_pack(
             bad.extend(ids);
             msgs.push(msg);
         };
-        if let Some(other) = blob.iter().find(|o| !o.same_blob(e)) {
-            fail(
-                &mut blob.iter().map(|e| e.id),
-                format!(
-                    "pack {name}: chunks {} and {} disagree about their blob at offset {}",
-                    e.id, other.id, e.offset
-                ),
-            );
+        if let Err(err) = one_blob(name, blob) {
+            fail(&mut blob.iter().map(|e| e.id), err.to_string());
             continue;
         }
         let Some(stored) = bytes.get_mut(e.offset as usize..e.end() as usize) else {

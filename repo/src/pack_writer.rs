@@ -1,6 +1,6 @@
 //! Building one pack in memory (FORMAT.md section 6).
 
-use crate::crypto::{random_salt, MasterKeys, PackCipher};
+use crate::crypto::{random_salt, MasterKeys, PackCipher, TAG_LEN};
 use crate::error::{RepoError, Result};
 use crate::format::index::IndexPack;
 use crate::format::pack::{encode_header, PackEntry, PACK_MAGIC, PACK_PREFIX_LEN};
@@ -76,20 +76,13 @@ impl PackWriter {
         chunks: &[(ChunkId, u32)],
     ) {
         debug_assert!(self.version >= 2 || chunks.len() == 1);
-        let Some(&(first, _)) = chunks.first() else {
+        if chunks.is_empty() {
             return;
-        };
+        }
         let blob_len: u32 = chunks.iter().map(|c| c.1).sum();
         let offset = self.buf.len() as u64;
-        let start = self.buf.len();
-        self.buf.extend_from_slice(payload);
-        let single = chunks.len() == 1;
-        let aad: &[u8] = if single { &first.0 } else { &[] };
-        let tag = self
-            .cipher
-            .encrypt_blob(offset, aad, &mut self.buf[start..]);
-        self.buf.extend_from_slice(&tag);
-        let stored_len = (payload.len() + tag.len()) as u32;
+        let stored_len = (payload.len() + TAG_LEN) as u32;
+        let first_entry = self.entries.len();
         let mut chunk_offset = 0u32;
         for &(id, raw_len) in chunks {
             self.entries.push(PackEntry {
@@ -104,6 +97,12 @@ impl PackWriter {
             });
             chunk_offset += raw_len;
         }
+        self.buf.extend_from_slice(payload);
+        let aad = self.entries[first_entry].aad();
+        let tag = self
+            .cipher
+            .encrypt_blob(offset, aad, &mut self.buf[offset as usize..]);
+        self.buf.extend_from_slice(&tag);
     }
 
     /// Seals the header and names the pack.

@@ -9,7 +9,7 @@
 
 use crate::aligned::AlignedBuf;
 use crate::backend::FileKind;
-use crate::blob::{chunk_in_blob, new_decompressor, open_blob_plain, read_chunk};
+use crate::blob::{chunk_in_blob, new_decompressor, one_blob, open_blob_plain, read_chunk};
 use crate::cache::{ChunkLocation, IndexCache};
 use crate::error::{RepoError, Result};
 use crate::format::manifest::{decode_page, EntryKind, ManifestRoot};
@@ -219,16 +219,7 @@ fn restore_batch_with(
             items[i..j].sort_by_key(|(l, _)| (l.entry.offset, l.entry.chunk_offset, l.entry.id.0));
             for blob in items[i..j].chunk_by(|a, b| a.0.entry.offset == b.0.entry.offset) {
                 let first = &blob[0].0.entry;
-                if let Some((other, _)) = blob.iter().find(|(l, _)| !l.entry.same_blob(first)) {
-                    return Err(RepoError::corrupt(
-                        FileKind::Pack,
-                        &pack_name,
-                        format!(
-                            "the index disagrees about the blob of chunks {} and {}",
-                            first.id, other.entry.id
-                        ),
-                    ));
-                }
+                one_blob(&pack_name, blob.iter().map(|(l, _)| &l.entry))?;
                 let from = (first.offset - start) as usize;
                 let stored = &mut scratch.range[from..from + first.stored_len as usize];
                 let plain = open_blob_plain(

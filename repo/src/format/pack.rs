@@ -247,10 +247,19 @@ pub fn encode_header(entries: &[PackEntry], version: u8) -> Vec<u8> {
 /// Checks that `entries` (in order) tile blobs and blobs tile `[40, end)`: the entries of
 /// one blob are consecutive, agree on the blob, and their chunks tile its plaintext.
 pub fn check_tiling(entries: &[PackEntry], end: u64) -> Result<(), DecodeError> {
-    let mut blob_start = PACK_PREFIX_LEN;
+    let filled = |p: &PackEntry| {
+        if p.chunk_offset + p.raw_len == p.blob_len {
+            Ok(())
+        } else {
+            Err(DecodeError::new(format!(
+                "the chunks of the blob at offset {} do not fill its plaintext",
+                p.offset
+            )))
+        }
+    };
     let mut prev: Option<&PackEntry> = None;
     for e in entries {
-        let continues = match prev {
+        let expect_chunk = match prev {
             Some(p) if p.offset == e.offset => {
                 if !p.same_blob(e) {
                     return Err(DecodeError::new(format!(
@@ -258,29 +267,24 @@ pub fn check_tiling(entries: &[PackEntry], end: u64) -> Result<(), DecodeError> 
                         p.id, e.id, e.offset
                     )));
                 }
-                true
+                p.chunk_offset + p.raw_len
             }
-            _ => false,
-        };
-        let expect_chunk = if continues {
-            prev.map_or(0, |p| p.chunk_offset + p.raw_len)
-        } else {
-            if let Some(p) = prev {
-                if p.chunk_offset + p.raw_len != p.blob_len {
+            _ => {
+                let blob_start = match prev {
+                    Some(p) => {
+                        filled(p)?;
+                        p.end()
+                    }
+                    None => PACK_PREFIX_LEN,
+                };
+                if e.offset != blob_start {
                     return Err(DecodeError::new(format!(
-                        "the chunks of the blob at offset {} do not fill its plaintext",
-                        p.offset
+                        "blob {} at offset {} where {} was expected",
+                        e.id, e.offset, blob_start
                     )));
                 }
-                blob_start = p.end();
+                0
             }
-            if e.offset != blob_start {
-                return Err(DecodeError::new(format!(
-                    "blob {} at offset {} where {} was expected",
-                    e.id, e.offset, blob_start
-                )));
-            }
-            0
         };
         if e.chunk_offset != expect_chunk {
             return Err(DecodeError::new(format!(
@@ -292,12 +296,7 @@ pub fn check_tiling(entries: &[PackEntry], end: u64) -> Result<(), DecodeError> 
     }
     let blobs_end = match prev {
         Some(p) => {
-            if p.chunk_offset + p.raw_len != p.blob_len {
-                return Err(DecodeError::new(format!(
-                    "the chunks of the blob at offset {} do not fill its plaintext",
-                    p.offset
-                )));
-            }
+            filled(p)?;
             p.end()
         }
         None => PACK_PREFIX_LEN,
