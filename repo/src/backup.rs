@@ -254,10 +254,18 @@ impl Shared<'_> {
         payload: &[u8],
         chunks: &[(ChunkId, u32)],
     ) -> Result<()> {
-        let full = {
+        // A pack is sealed before a blob that would take it past the target, so packs stay
+        // within their buffer's capacity (a grown buffer would briefly hold two copies).
+        let (sealed, full) = {
             let mut p = self.packers[slot.min(self.packers.len() - 1)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let sealed = match p.as_ref() {
+                Some(w) if !w.is_empty() && w.len() + payload.len() + 16 > self.pack_target => {
+                    p.take()
+                }
+                _ => None,
+            };
             if p.is_none() {
                 let buf = self
                     .spare_buffers
@@ -273,13 +281,14 @@ impl Shared<'_> {
                 return Err(RepoError::Invalid("pack writer missing".into()));
             };
             w.add_blob(kind, compression, payload, chunks);
-            if w.len() >= self.pack_target {
+            let full = if w.len() >= self.pack_target {
                 p.take()
             } else {
                 None
-            }
+            };
+            (sealed, full)
         };
-        if let Some(w) = full {
+        for w in sealed.into_iter().chain(full) {
             self.send_pack(w)?;
         }
         Ok(())

@@ -1,8 +1,8 @@
 //! Prune: mark every chunk the snapshots use, then delete or repack packs that hold
 //! unused ones (FORMAT.md section 17).
 //!
-//! Memory: per indexed chunk one `u32` (its offset in its pack) and one bit, grouped by
-//! pack; plus one id per distinct manifest page visited. A manifest page already seen
+//! Memory: per indexed chunk two `u32`s (its blob's offset in its pack and its offset in
+//! the blob) and one bit, grouped by pack; plus one id per distinct manifest page visited. A manifest page already seen
 //! (unchanged between snapshots, so the same tree blob) is not read again, which keeps
 //! marking proportional to what changed. Only index files, manifest tree blobs and, for
 //! packs that are repacked, their headers and used blobs are read; packs that are kept
@@ -18,7 +18,7 @@ use crate::blob::{chunk_in_blob, open_blob_plain};
 use crate::cache::IndexCache;
 use crate::error::{RepoError, Result};
 use crate::format::index::{decode_index, IndexPack};
-use crate::format::pack::PackEntry;
+use crate::format::pack::{PackEntry, COMPRESSION_NONE, COMPRESSION_ZSTD};
 use crate::format::sealed::KIND_INDEX;
 use crate::index_writer::IndexWriter;
 use crate::pack_header::read_index_record;
@@ -114,13 +114,15 @@ pub struct PruneReport {
 
 /// What prune knows about one indexed pack.
 struct PackMarks {
-    /// Offsets of its blobs, sorted.
-    offsets: Vec<u32>,
-    /// One bit per blob: in use.
+    /// Each chunk's place: (blob offset in the pack, chunk offset in the blob), sorted.
+    places: Vec<(u32, u32)>,
+    /// One bit per chunk of `places`: in use.
     used: Vec<u64>,
+    /// Chunks marked in use.
+    used_chunks: u64,
     /// Sum of the blobs' stored lengths.
     blob_bytes: u64,
-    /// Stored bytes of used blobs.
+    /// Stored bytes of used chunks: a blob's stored length shared out by chunk length.
     used_bytes: u64,
     /// Pack size (from the index).
     size: u64,
@@ -128,14 +130,14 @@ struct PackMarks {
 
 impl PackMarks {
     fn new(p: &IndexPack) -> Option<Self> {
-        let mut offsets: Vec<u32> = p
+        let mut places: Vec<(u32, u32)> = p
             .entries
             .iter()
-            .map(|e| u32::try_from(e.offset).ok())
+            .map(|e| Some((u32::try_from(e.offset).ok()?, e.chunk_offset)))
             .collect::<Option<_>>()?;
-        offsets.sort_unstable();
-        offsets.dedup();
-        let used = vec![0u64; offsets.len().div_ceil(64)];
+        places.sort_unstable();
+        places.dedup();
+        let used = vec![0u64; places.len().div_ceil(64)];
         let mut seen = HashSet::new();
         let blob_bytes = p
             .entries
@@ -144,36 +146,52 @@ impl PackMarks {
             .map(|e| u64::from(e.stored_len))
             .sum();
         Some(PackMarks {
-            offsets,
+            places,
             used,
+            used_chunks: 0,
             blob_bytes,
             used_bytes: 0,
             size: p.size,
         })
     }
 
-    fn is_used(&self, offset: u64) -> bool {
-        u32::try_from(offset)
-            .ok()
-            .and_then(|o| self.offsets.binary_search(&o).ok())
+    fn find(&self, e: &PackEntry) -> Option<usize> {
+        let offset = u32::try_from(e.offset).ok()?;
+        self.places.binary_search(&(offset, e.chunk_offset)).ok()
+    }
+
+    fn is_used(&self, e: &PackEntry) -> bool {
+        self.find(e)
             .is_some_and(|i| self.used[i / 64] & (1 << (i % 64)) != 0)
     }
 
-    /// Marks the blob at `entry.offset`; false if the pack has no blob there.
+    /// Marks the chunk `entry` names; false if the pack has no chunk there.
     fn mark(&mut self, entry: &PackEntry) -> bool {
-        let Some(i) = u32::try_from(entry.offset)
-            .ok()
-            .and_then(|o| self.offsets.binary_search(&o).ok())
-        else {
+        let Some(i) = self.find(entry) else {
             return false;
         };
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         if self.used[word] & bit == 0 {
             self.used[word] |= bit;
-            self.used_bytes += u64::from(entry.stored_len);
+            self.used_chunks += 1;
+            self.used_bytes += if entry.is_single() {
+                u64::from(entry.stored_len)
+            } else {
+                u64::from(entry.stored_len) * u64::from(entry.raw_len)
+                    / u64::from(entry.blob_len.max(1))
+            };
         }
         true
     }
+}
+
+/// Used chunks that follow each other in a partly used blob's plaintext: repacked as one
+/// blob.
+struct UsedRun {
+    /// Their bytes in the old blob's plaintext.
+    plain: std::ops::Range<usize>,
+    /// Their ids and lengths, in order.
+    chunks: Vec<(ChunkId, u32)>,
 }
 
 /// What happens to a pack.
@@ -343,6 +361,9 @@ pub fn prune(
     };
     let mut decompressor = crate::blob::new_decompressor()?;
     let mut scratch = Vec::new();
+    let mut compressor = zstd::bulk::Compressor::new(repo.config().compression.level)
+        .map_err(|e| RepoError::Invalid(format!("zstd: {e}")))?;
+    let mut compressed = Vec::new();
     let mut to_repack: Vec<[u8; 32]> = fates
         .iter()
         .filter(|(_, f)| **f == Fate::Repack)
@@ -357,23 +378,24 @@ pub fn prune(
         let size = stored.get(pack).copied().unwrap_or(0);
         let record = read_index_record(repo.keys(), repo.backend().as_ref(), &name, size)?;
         let m = &marks[pack];
-        // Every chunk of a used blob: a blob is copied whole, with all the chunks it holds
-        // (FORMAT.md section 17).
-        let used: Vec<PackEntry> = record
+        // The blobs with a used chunk, each with all its entries (FORMAT.md section 17).
+        let blobs: Vec<&[PackEntry]> = record
             .entries
-            .iter()
-            .filter(|e| m.is_used(e.offset))
-            .copied()
+            .chunk_by(|a, b| a.offset == b.offset)
+            .filter(|b| b.iter().any(|e| m.is_used(e)))
             .collect();
-        let blobs: Vec<&[PackEntry]> = used.chunk_by(|a, b| a.offset == b.offset).collect();
-        let marked: u32 = m.used.iter().map(|w| w.count_ones()).sum();
-        if blobs.len() != marked as usize {
+        let listed = blobs
+            .iter()
+            .flat_map(|b| b.iter())
+            .filter(|e| m.is_used(e))
+            .count();
+        if listed as u64 != m.used_chunks {
             return Err(RepoError::corrupt(
                 FileKind::Pack,
                 &name,
                 format!(
-                    "its header lists {} of the {marked} blobs the index says are in use; nothing was deleted",
-                    blobs.len()
+                    "its header lists {listed} of the {} chunks the index says are in use; nothing was deleted",
+                    m.used_chunks
                 ),
             ));
         }
@@ -395,28 +417,76 @@ pub fn prune(
                 let e = &blob[0];
                 let from = (e.offset - start) as usize;
                 let stored_blob = &mut range[from..from + e.stored_len as usize];
-                let payload = decrypt_and_verify(
-                    repo,
+                let mut add = |kind: u8,
+                               compression: u8,
+                               payload: &[u8],
+                               chunks: &[(ChunkId, u32)]|
+                 -> Result<()> {
+                    let w = match writer.as_mut() {
+                        Some(w) => w,
+                        None => writer.insert(PackWriter::new(
+                            repo.keys(),
+                            repo.config().pack_version(),
+                            target + (1 << 20),
+                        )?),
+                    };
+                    w.add_blob(kind, compression, payload, chunks);
+                    if w.len() >= target {
+                        if let Some(full) = writer.take() {
+                            new_records.push(flush_pack(full, &mut report)?);
+                        }
+                    }
+                    Ok(())
+                };
+                let opened = open_blob_plain(
                     &cipher,
                     &name,
-                    blob,
+                    e,
                     stored_blob,
                     &mut decompressor,
                     &mut scratch,
                 )?;
-                let w = match writer.as_mut() {
-                    Some(w) => w,
-                    None => writer.insert(PackWriter::new(
-                        repo.keys(),
-                        repo.config().pack_version(),
-                        target + (1 << 20),
-                    )?),
-                };
-                let chunks: Vec<(ChunkId, u32)> = blob.iter().map(|c| (c.id, c.raw_len)).collect();
-                w.add_blob(e.kind, e.compression, payload, &chunks);
-                if w.len() >= target {
-                    if let Some(full) = writer.take() {
-                        new_records.push(flush_pack(full, &mut report)?);
+                if blob.iter().all(|c| m.is_used(c)) {
+                    // Wholly used: checked, then copied as stored (same compression).
+                    for c in *blob {
+                        chunk_in_blob(repo.keys(), &name, c, opened)?;
+                    }
+                    let n = e.stored_len as usize - 16;
+                    let payload = &range[from..from + n];
+                    let chunks: Vec<(ChunkId, u32)> =
+                        blob.iter().map(|c| (c.id, c.raw_len)).collect();
+                    add(e.kind, e.compression, payload, &chunks)?;
+                    continue;
+                }
+                // Partly used: each run of used chunks that follow each other in the blob
+                // becomes a blob of its own, compressed anew; the unused chunks are dropped.
+                let mut runs: Vec<UsedRun> = Vec::new();
+                for c in blob.iter().filter(|c| m.is_used(c)) {
+                    let r = c.chunk_range();
+                    chunk_in_blob(repo.keys(), &name, c, opened)?;
+                    match runs.last_mut() {
+                        Some(run) if run.plain.end == r.start => {
+                            run.plain.end = r.end;
+                            run.chunks.push((c.id, c.raw_len));
+                        }
+                        _ => runs.push(UsedRun {
+                            plain: r,
+                            chunks: vec![(c.id, c.raw_len)],
+                        }),
+                    }
+                }
+                for UsedRun { plain, chunks } in runs {
+                    let plain = &opened[plain];
+                    compressed.clear();
+                    compressed.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+                    let smaller = compressor
+                        .compress_to_buffer(plain, &mut compressed)
+                        .is_ok()
+                        && compressed.len() < plain.len();
+                    if smaller {
+                        add(e.kind, COMPRESSION_ZSTD, &compressed, &chunks)?;
+                    } else {
+                        add(e.kind, COMPRESSION_NONE, plain, &chunks)?;
                     }
                 }
             }
@@ -484,29 +554,4 @@ pub fn prune(
 fn read_index(repo: &Repository, name: &str) -> Result<Vec<IndexPack>> {
     let plain = repo.get_sealed(FileKind::Index, KIND_INDEX, name)?;
     decode_index(&plain).map_err(|e| RepoError::corrupt(FileKind::Index, name, e.0))
-}
-
-/// Decrypts one blob in place and checks every chunk `blob` (its entries) names in it
-/// (decompressing once if needed, recomputing each id); returns the stored payload (still
-/// compressed) to copy into a new pack.
-fn decrypt_and_verify<'a>(
-    repo: &Repository,
-    cipher: &crate::crypto::PackCipher,
-    pack: &str,
-    blob: &[PackEntry],
-    stored: &'a mut [u8],
-    decompressor: &mut zstd::bulk::Decompressor<'static>,
-    scratch: &mut Vec<u8>,
-) -> Result<&'a [u8]> {
-    let Some(e) = blob.first() else {
-        return Err(RepoError::Invalid("internal error: empty blob".into()));
-    };
-    {
-        let plain = open_blob_plain(cipher, pack, e, stored, decompressor, scratch)?;
-        for c in blob {
-            chunk_in_blob(repo.keys(), pack, c, plain)?;
-        }
-    }
-    let n = stored.len().saturating_sub(16);
-    Ok(&stored[..n])
 }
